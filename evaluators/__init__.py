@@ -1,0 +1,1 @@
+"""Evaluators: run a runtime over a dataset and return a result object (accuracy, LFW, ...)."""

@@ -1,0 +1,1 @@
+"""Graph passes: pure functions ``Net -> Net`` (BN folding, trimming, k-means, ...)."""

@@ -1,0 +1,17 @@
+"""Runtimes that execute a Net: the numpy reference and the onnxruntime backend."""
+from .numpy_backend import NumpyRuntime
+from .onnx_backend import OnnxRuntime
+
+BACKENDS = {"numpy": NumpyRuntime, "onnxruntime": OnnxRuntime}
+
+
+def make_runtime(net, backend="numpy", **options):
+    """A runtime for ``net`` by backend name (numpy | onnxruntime)."""
+    try:
+        cls = BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}") from None
+    return cls(net, **options)
+
+
+__all__ = ["NumpyRuntime", "OnnxRuntime", "make_runtime", "BACKENDS"]

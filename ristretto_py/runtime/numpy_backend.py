@@ -1,0 +1,70 @@
+"""The numpy reference runtime: runs a Net layer by layer in float32 with the registry's
+forward functions, keeping every named blob."""
+import numpy as np
+
+from ..errors import NetError, RistrettoError
+
+
+class NumpyRuntime:
+    """Reference float32 execution of a Net. ``forward`` returns every named blob."""
+
+    name = "numpy"
+
+    def __init__(self, net):
+        if not net.has_weights:
+            raise NetError("the net has layers without weights: load a caffemodel",
+                           path=net.source)
+        self.net = net
+
+    def forward(self, inputs, observer=None):
+        """Run the net on ``inputs`` (blob name -> N x C x H x W array).
+
+        Returns a dict of every named blob (for in-place blobs, the last value written).
+        ``observer(layer, bottoms, tops)``, if given, sees each layer's arrays as it runs.
+        """
+        net = self.net
+        blobs = feed_inputs(net, inputs)
+        for index, layer in enumerate(net.layers):
+            impl = net.impl(index)
+            if impl.is_source:
+                continue
+            bottoms = [blobs[b] for b in layer.bottoms]
+            try:
+                tops = impl.forward(bottoms, layer.blobs)
+            except RistrettoError as exc:
+                raise exc.with_context(path=net.source, layer=layer.name)
+            for top, value in zip(layer.tops, tops):
+                blobs[top] = np.asarray(value, dtype=np.float32) if value.dtype != np.float32 else value
+            if observer is not None:
+                observer(layer, bottoms, tops)
+        return blobs
+
+
+def feed_inputs(net, inputs):
+    """Check and convert the arrays given for a net's source blobs; return the blob dict."""
+    blobs = {}
+    shapes = net.shapes() if _shapes_known(net) else {}
+    for name in net.input_blobs:
+        if name not in inputs:
+            if shapes.get(name) is not None and len(shapes[name]) <= 1:
+                continue  # a label top of a data layer: optional for a plain forward pass
+            raise NetError(f"no input given for blob '{name}'", path=net.source)
+        value = np.asarray(inputs[name], dtype=np.float32)
+        expected = shapes.get(name)
+        if expected is not None and tuple(value.shape[1:]) != tuple(expected[1:]):
+            raise NetError(f"input '{name}' has shape {list(value.shape)} but the net expects "
+                           f"{['N'] + list(expected[1:])}", path=net.source)
+        blobs[name] = value
+    unknown = set(inputs) - set(net.input_blobs)
+    if unknown:
+        raise NetError(f"inputs {sorted(unknown)} are not input blobs of the net "
+                       f"(those are {net.input_blobs})", path=net.source)
+    return blobs
+
+
+def _shapes_known(net):
+    try:
+        net.shapes()
+        return True
+    except NetError:
+        return False

@@ -1,0 +1,114 @@
+"""Export a Net to a standard ONNX model (opset 17), layer by layer through the registry.
+
+Caffe reuses blob names for in-place layers; ONNX values are assigned once. The last version
+of every Caffe blob keeps the blob's name, earlier versions are called ``blob@layer``. Layers
+ONNX cannot express (``onnx_exportable = False``, e.g. DetectionOutput) and everything that
+depends on them form the *tail*, which the onnxruntime backend runs with numpy afterwards.
+"""
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..errors import RistrettoError, UnsupportedError
+from ..layers.base import OnnxIO
+from .onnx_graph import OnnxGraph
+
+
+@dataclass
+class OnnxExport:
+    """An exported model, the blobs it outputs, and the layers left to run in numpy."""
+    model: onnx.ModelProto
+    outputs: dict                      # Caffe blob name -> ONNX output value name
+    tail: list = field(default_factory=list)   # layer indices not exported, in order
+
+    @property
+    def tail_layers(self):
+        return list(self.tail)
+
+
+def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True):
+    """Export ``net`` (with weights). ``all_blobs``: every named blob becomes a graph output
+    (for comparisons and ``tools/forward``); else only the net outputs and the tail's inputs."""
+    shapes = net.shapes()
+    in_tail = _tail_layers(net)
+    if in_tail and not allow_tail:
+        names = ", ".join(f"{net.layers[i].name} ({net.layers[i].type})" for i in in_tail)
+        raise UnsupportedError(f"layers without an ONNX form: {names}", path=net.source)
+    exported = [i for i in range(len(net.layers)) if i not in in_tail]
+    last_writer = {}
+    for i in exported:
+        for top in net.layers[i].tops:
+            last_writer[top] = i
+    graph = OnnxGraph()
+    current = {}
+    graph_inputs = []
+    for name in net.input_blobs:
+        graph.reserve(name)
+        current[name] = name
+        shape = shapes[name]
+        graph_inputs.append((name, (None,) + tuple(shape[1:]) if dynamic_batch else shape))
+    # The last version of a blob carries the blob's own name, unless that name is a graph
+    # input (an input blob rewritten in place): then every version gets a derived name.
+    final_name = {}
+    for blob in last_writer:
+        final_name[blob] = graph.reserve(blob) if blob not in current else None
+    for i in exported:
+        layer, impl = net.layers[i], net.impl(i)
+        if impl.is_source:
+            continue
+        bottoms = [current[b] for b in layer.bottoms]
+        tops = []
+        for top in layer.tops:
+            if last_writer[top] == i and final_name[top] is not None:
+                name = top
+            else:
+                name = graph.unique(f"{top}@{layer.name}")
+            tops.append(name)
+        bottom_shapes, top_shapes = net.layer_shapes(layer.name)
+        io = OnnxIO(bottoms, tops, list(layer.blobs), bottom_shapes, top_shapes)
+        try:
+            impl.export_onnx(graph, io)
+        except RistrettoError as exc:
+            raise exc.with_context(path=net.source, layer=layer.name)
+        for top, name in zip(layer.tops, tops):
+            current[top] = name
+    if all_blobs:
+        wanted = list(last_writer)
+    else:
+        tail_inputs = {b for i in in_tail for b in net.layers[i].bottoms}
+        wanted = [b for b in last_writer if b in net.output_blobs or b in tail_inputs]
+    outputs, graph_outputs = {}, []
+    for blob in wanted:
+        shape = shapes[blob] if last_writer[blob] == _final_writer(net, blob) else None
+        if shape is not None and dynamic_batch and len(shape):
+            shape = (None,) + tuple(shape[1:])
+        outputs[blob] = current[blob]
+        graph_outputs.append((current[blob], shape))
+    model = graph.build(graph_inputs, graph_outputs, name=net.name or "net")
+    onnx.checker.check_model(model)
+    return OnnxExport(model, outputs, in_tail)
+
+
+def _final_writer(net, blob):
+    index = None
+    for i, layer in enumerate(net.layers):
+        if blob in layer.tops:
+            index = i
+    return index
+
+
+def _tail_layers(net):
+    """Indices of layers that cannot be exported, plus everything downstream of them."""
+    tainted, tail = set(), []
+    for i, layer in enumerate(net.layers):
+        impl = net.impl(i)
+        if not impl.onnx_exportable or any(b in tainted for b in layer.bottoms):
+            tail.append(i)
+            tainted.update(layer.tops)
+    return tail
+
+
+def save_onnx(export, path):
+    """Write an exported model atomically."""
+    from ..atomic import write_bytes
+    write_bytes(path, export.model.SerializeToString())

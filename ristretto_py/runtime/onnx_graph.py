@@ -1,0 +1,66 @@
+"""A small builder for ONNX graphs, used by the layers' ``export_onnx`` methods."""
+import itertools
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+OPSET = 17
+
+
+class OnnxGraph:
+    """Collects nodes and initializers; hands out unique value names."""
+
+    def __init__(self, shapes=None):
+        self.nodes = []
+        self.initializers = []
+        self._used = set()
+        self._counter = itertools.count()
+        self.shapes = shapes or {}   # ONNX value name -> static shape (batch as exported)
+
+    def reserve(self, name):
+        self._used.add(name)
+        return name
+
+    def unique(self, hint):
+        name = hint
+        while name in self._used:
+            name = f"{hint}_{next(self._counter)}"
+        self._used.add(name)
+        return name
+
+    def constant(self, array, hint="const", dtype=np.float32):
+        """Add ``array`` as an initializer; return its value name."""
+        name = self.unique(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+        return name
+
+    def scalar(self, value, dtype=np.float32):
+        return self.constant(np.asarray(value, dtype=dtype), "scalar", dtype)
+
+    def ints(self, values, hint="ints"):
+        return self.constant(np.asarray(values, dtype=np.int64), hint, np.int64)
+
+    def node(self, op_type, inputs, outputs=None, **attrs):
+        """Add a node; ``outputs`` defaults to one fresh name. Returns the output names."""
+        if outputs is None:
+            outputs = [self.unique(op_type.lower())]
+        elif isinstance(outputs, int):
+            outputs = [self.unique(op_type.lower()) for _ in range(outputs)]
+        outputs = list(outputs)
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
+                                           name=self.unique("n_" + op_type), **attrs))
+        return outputs
+
+    def build(self, inputs, outputs, name="ristretto_py"):
+        """``inputs``/``outputs``: lists of (name, shape) with None for a dynamic dim."""
+        def info(entry):
+            value_name, shape = entry
+            dims = [d if d is not None else "N" for d in shape] if shape is not None else None
+            return helper.make_tensor_value_info(value_name, onnx.TensorProto.FLOAT, dims)
+        graph = helper.make_graph(self.nodes, name, [info(i) for i in inputs],
+                                  [info(o) for o in outputs], self.initializers)
+        model = helper.make_model(graph, producer_name="ristretto-py",
+                                  opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = min(model.ir_version, 8)
+        return model
