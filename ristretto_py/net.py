@@ -13,6 +13,7 @@ from .errors import FormatError, NetError, RistrettoError
 from .layers import base as layer_base
 from .protos import caffe_pb2
 
+MAX_BLOB_VALUES = 2 ** 31  # 8 GiB of float32: a larger blob is a typo in a shape, not a net
 PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 
 
@@ -304,6 +305,10 @@ class Net:
                     raise NetError(f"top '{top}' would have the invalid shape {list(shape)} "
                                    f"(bottoms {[list(s) for s in bottom_shapes]})",
                                    path=self.source, layer=layer.name)
+                if int(np.prod(shape, dtype=np.float64)) > MAX_BLOB_VALUES:
+                    raise NetError(f"top '{top}' would hold {list(shape)} values, more than "
+                                   "any real net needs: check the shapes", path=self.source,
+                                   layer=layer.name)
                 shapes[top] = shape
             per_layer[layer.name] = (bottom_shapes, tops)
         return shapes, per_layer
