@@ -37,6 +37,14 @@ def implementation(layer, phase="TEST"):
 
 
 @dataclass
+class RunContext:
+    """Options of one runtime that layers may need: which Ristretto build to reproduce
+    (``compat``: "gpu" or "cpu", see ``numerics``) and the generator for stochastic rounding."""
+    compat: str = "gpu"
+    rng: object = None
+
+
+@dataclass
 class OnnxIO:
     """What a layer's ONNX export works on: value names, parameters and static shapes."""
     bottoms: list
@@ -93,6 +101,11 @@ class LayerImpl:
     def forward(self, bottoms, blobs):
         """Float32 numpy forward: list of bottom arrays -> list of top arrays."""
         raise NotImplementedError
+
+    def run(self, bottoms, blobs, context):
+        """Forward with the run's options (``RunContext``: compat mode, seeded generator).
+        Plain Caffe layers ignore them; Ristretto layers override this."""
+        return self.forward(bottoms, blobs)
 
     def macs(self, bottom_shapes, top_shapes):
         """Multiply-accumulates of one forward pass at these shapes."""

@@ -3,6 +3,7 @@ forward functions, keeping every named blob."""
 import numpy as np
 
 from ..errors import NetError, RistrettoError
+from ..layers.base import RunContext
 
 
 class NumpyRuntime:
@@ -10,11 +11,12 @@ class NumpyRuntime:
 
     name = "numpy"
 
-    def __init__(self, net):
+    def __init__(self, net, compat="gpu", seed=0):
         if not net.has_weights:
             raise NetError("the net has layers without weights: load a caffemodel",
                            path=net.source)
         self.net = net
+        self.context = RunContext(compat, np.random.default_rng(seed))
 
     def forward(self, inputs, observer=None):
         """Run the net on ``inputs`` (blob name -> N x C x H x W array).
@@ -30,7 +32,7 @@ class NumpyRuntime:
                 continue
             bottoms = [blobs[b] for b in layer.bottoms]
             try:
-                tops = impl.forward(bottoms, layer.blobs)
+                tops = impl.run(bottoms, layer.blobs, self.context)
             except RistrettoError as exc:
                 raise exc.with_context(path=net.source, layer=layer.name)
             for top, value in zip(layer.tops, tops):
@@ -49,7 +51,8 @@ def feed_inputs(net, inputs):
             if shapes.get(name) is not None and len(shapes[name]) <= 1:
                 continue  # a label top of a data layer: optional for a plain forward pass
             raise NetError(f"no input given for blob '{name}'", path=net.source)
-        value = np.asarray(inputs[name], dtype=np.float32)
+        # A copy: layers that trim in place (Ristretto's CPU build) must not touch the caller's.
+        value = np.array(inputs[name], dtype=np.float32)
         expected = shapes.get(name)
         if expected is not None and tuple(value.shape[1:]) != tuple(expected[1:]):
             raise NetError(f"input '{name}' has shape {list(value.shape)} but the net expects "

@@ -3,6 +3,7 @@ without an ONNX form (the export's tail, e.g. DetectionOutput) then run in numpy
 import numpy as np
 
 from ..errors import NetError, RistrettoError
+from ..layers.base import RunContext
 from .numpy_backend import feed_inputs
 from .onnx_export import export_onnx
 
@@ -15,12 +16,13 @@ class OnnxRuntime:
 
     name = "onnxruntime"
 
-    def __init__(self, net, all_blobs=True, threads=None):
+    def __init__(self, net, all_blobs=True, threads=None, compat="gpu", seed=0):
         import onnxruntime as ort
         if not net.has_weights:
             raise NetError("the net has layers without weights: load a caffemodel",
                            path=net.source)
         self.net = net
+        self.context = RunContext(compat, np.random.default_rng(seed))
         self.export = export_onnx(net, all_blobs=all_blobs)
         options = ort.SessionOptions()
         if threads:
@@ -41,7 +43,7 @@ class OnnxRuntime:
         for index in self.export.tail:
             layer, impl = net.layers[index], net.impl(index)
             try:
-                tops = impl.forward([blobs[b] for b in layer.bottoms], layer.blobs)
+                tops = impl.run([blobs[b] for b in layer.bottoms], layer.blobs, self.context)
             except RistrettoError as exc:
                 raise exc.with_context(path=net.source, layer=layer.name)
             blobs.update(zip(layer.tops, tops))
