@@ -12,6 +12,7 @@ from google.protobuf import text_format
 
 from . import atomic
 from .errors import FormatError
+from .legacy_ristretto import recover_quantization_params, upgrade_text
 from .protos import caffe_pb2
 from .upgrade import upgrade_net
 
@@ -32,7 +33,7 @@ def parse_net_text(text, path=None, message=None):
     """Parse prototxt text into ``message`` (a new NetParameter by default), upgraded."""
     net = caffe_pb2.NetParameter() if message is None else message
     try:
-        text_format.Parse(text, net)
+        text_format.Parse(upgrade_text(text), net)
     except text_format.ParseError as exc:
         raise FormatError(_describe_text_error(exc), path=path) from None
     except (ValueError, RecursionError) as exc:  # e.g. overflowing numbers, absurd nesting
@@ -76,6 +77,7 @@ def read_net_binary(path):
     if not len(net.layer) and not len(net.layers):
         raise FormatError("holds no layers: not a binary Caffe model", path=path)
     upgrade_net(net, path)
+    recover_quantization_params(net)
     for layer in net.layer:
         if not layer.name:
             raise FormatError("holds a layer without a name: truncated or not a Caffe model",
