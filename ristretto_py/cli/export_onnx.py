@@ -1,0 +1,52 @@
+"""``tools/export_onnx``: write a Caffe net (prototxt + caffemodel) as a standard ONNX model
+(opset 17). Layers ONNX cannot express, and those after them, are reported: they form the tail
+that ``OnnxRuntime`` runs in numpy."""
+from ..net import Net
+from ..runtime.onnx_export import export_onnx, save_onnx
+from ..runtime.onnx_graph import OPSET
+from .common import add_model_arguments, check_output_path, make_parser, run
+
+PROG = "export_onnx"
+
+
+def export_main(argv):
+    parser = make_parser(PROG, __doc__)
+    add_model_arguments(parser, weights_required=True)
+    parser.add_argument("--output", required=True, metavar="ONNX", help="where to write the model")
+    parser.add_argument("--all-blobs", action="store_true",
+                        help="make every named blob a graph output (for comparisons)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="fix the batch size to the prototxt's instead of a symbolic N")
+    parser.add_argument("--no-tail", action="store_true",
+                        help="fail instead of leaving layers without an ONNX form out")
+    args = parser.parse_args(argv)
+    check_output_path(args.output)
+    net = Net.load(args.model, args.weights)
+    export = export_onnx(net, all_blobs=args.all_blobs, dynamic_batch=not args.static_batch,
+                         allow_tail=not args.no_tail)
+    save_onnx(export, args.output)
+    graph = export.model.graph
+    print(f"{args.output}: ONNX opset {OPSET}, {len(graph.node)} nodes, "
+          f"{len(graph.initializer)} initializers")
+    if export.tail:
+        layers = ", ".join(f"{net.layers[i].name} ({net.layers[i].type})" for i in export.tail)
+        print(f"left to the numpy tail (not in the ONNX file): {layers}")
+    print("inputs: " + ", ".join(value.name for value in graph.input))
+    print("outputs: " + ", ".join(_describe_output(value) for value in graph.output))
+    return 0
+
+
+def _describe_output(value):
+    dims = value.type.tensor_type.shape.dim
+    if not len(dims) and not value.type.tensor_type.HasField("shape"):
+        return value.name
+    shape = "x".join(d.dim_param if d.dim_param else str(d.dim_value) for d in dims)
+    return f"{value.name} {shape}"
+
+
+def main(argv=None):
+    return run(export_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
