@@ -46,7 +46,10 @@ class RunContext:
 
 @dataclass
 class OnnxIO:
-    """What a layer's ONNX export works on: value names, parameters and static shapes."""
+    """What a layer's ONNX export works on: value names, parameters and static shapes.
+    ``extra["compat"]`` is the Ristretto build being reproduced; a layer that rewrites a bottom
+    in place (Ristretto's CPU build trims its inputs so) sets ``extra["rebind"]`` to
+    {bottom index: new value name}, and later layers read the new value."""
     bottoms: list
     tops: list
     blobs: list
@@ -110,6 +113,11 @@ class LayerImpl:
     def macs(self, bottom_shapes, top_shapes):
         """Multiply-accumulates of one forward pass at these shapes."""
         return 0
+
+    def onnx_supported(self, compat="gpu"):
+        """Whether ``export_onnx`` can express this layer under ``compat`` (else it runs in
+        numpy after the ONNX session, with everything downstream of it)."""
+        return self.onnx_exportable
 
     def export_onnx(self, graph, io):
         """Add this layer's ONNX nodes to ``graph`` (an ``OnnxGraph``) producing ``io.tops``."""

@@ -23,7 +23,7 @@ class OnnxRuntime:
                            path=net.source)
         self.net = net
         self.context = RunContext(compat, np.random.default_rng(seed))
-        self.export = export_onnx(net, all_blobs=all_blobs)
+        self.export = export_onnx(net, all_blobs=all_blobs, compat=compat)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

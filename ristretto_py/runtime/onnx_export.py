@@ -26,11 +26,12 @@ class OnnxExport:
         return list(self.tail)
 
 
-def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True):
+def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compat="gpu"):
     """Export ``net`` (with weights). ``all_blobs``: every named blob becomes a graph output
-    (for comparisons and ``tools/forward``); else only the net outputs and the tail's inputs."""
+    (for comparisons and ``tools/forward``); else only the net outputs and the tail's inputs.
+    ``compat`` selects the Ristretto build whose trimming the Ristretto layers reproduce."""
     shapes = net.shapes()
-    in_tail = _tail_layers(net)
+    in_tail = _tail_layers(net, compat)
     if in_tail and not allow_tail:
         names = ", ".join(f"{net.layers[i].name} ({net.layers[i].type})" for i in in_tail)
         raise UnsupportedError(f"layers without an ONNX form: {names}", path=net.source)
@@ -65,11 +66,14 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True):
                 name = graph.unique(f"{top}@{layer.name}")
             tops.append(name)
         bottom_shapes, top_shapes = net.layer_shapes(layer.name)
-        io = OnnxIO(bottoms, tops, list(layer.blobs), bottom_shapes, top_shapes)
+        io = OnnxIO(bottoms, tops, list(layer.blobs), bottom_shapes, top_shapes,
+                    extra={"compat": compat})
         try:
             impl.export_onnx(graph, io)
         except RistrettoError as exc:
             raise exc.with_context(path=net.source, layer=layer.name)
+        for index, value in io.extra.get("rebind", {}).items():
+            current[layer.bottoms[index]] = value
         for top, name in zip(layer.tops, tops):
             current[top] = name
     if all_blobs:
@@ -97,12 +101,12 @@ def _final_writer(net, blob):
     return index
 
 
-def _tail_layers(net):
+def _tail_layers(net, compat="gpu"):
     """Indices of layers that cannot be exported, plus everything downstream of them."""
     tainted, tail = set(), []
     for i, layer in enumerate(net.layers):
         impl = net.impl(i)
-        if not impl.onnx_exportable or any(b in tainted for b in layer.bottoms):
+        if not impl.onnx_supported(compat) or any(b in tainted for b in layer.bottoms):
             tail.append(i)
             tainted.update(layer.tops)
     return tail
