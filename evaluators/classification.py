@@ -47,28 +47,43 @@ def data_layer(net):
     return layers[0]
 
 
-def evaluate_classification(net, iterations, backend="numpy", runtime=None, progress=False,
-                            data_source=None, seed=0):
-    """Run ``iterations`` batches of the net's Data layer through a runtime; average outputs."""
+def fetch_batches(net, iterations, data_source=None, seed=0):
+    """Read ``iterations`` batches from the net's Data layer, as a new Caffe net would: from
+    the start of the database, wrapping around at its end. Searches read them once and
+    evaluate every candidate on the same list."""
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
-    layer = data_layer(net)
-    runtime = runtime or make_runtime(net, backend)
-    outputs = [b for b in net.output_blobs if b not in net.input_blobs]
-    feed = DataLayerFeed(layer, net.phase, seed=seed, source=data_source)
-    totals = {}
-    steps = range(iterations)
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(steps, desc=f"evaluate ({runtime.name})", unit="batch", leave=False)
+    feed = DataLayerFeed(data_layer(net), net.phase, seed=seed, source=data_source)
     try:
-        for _ in steps:
-            blobs = runtime.forward(feed.next_batch())
-            for name in outputs:
-                value = np.asarray(blobs[name], np.float64)
-                totals[name] = totals.get(name, 0.0) + value
+        return [feed.next_batch() for _ in range(iterations)]
     finally:
         feed.close()
-    scores = {name: total / iterations for name, total in totals.items()}
-    scores = {k: (float(v) if np.ndim(v) == 0 else v) for k, v in scores.items()}
-    return ClassificationResult(scores, iterations, iterations * feed.batch_size, runtime.name)
+
+
+def evaluate_classification(net, iterations, backend="numpy", runtime=None, progress=False,
+                            data_source=None, seed=0, batches=None, observer=None,
+                            description=None):
+    """Run ``iterations`` batches of the net's Data layer (or the given ``batches``) through a
+    runtime and average every output. As Caffe's ``test`` and Ristretto's ``quantize``, sums
+    and means are float32, so that scores and the decisions taken on them are Caffe's."""
+    if batches is None:
+        batches = fetch_batches(net, iterations, data_source, seed)
+    elif len(batches) != iterations:
+        raise ValueError(f"{len(batches)} batches given for {iterations} iterations")
+    runtime = runtime or make_runtime(net, backend)
+    outputs = [b for b in net.output_blobs if b not in net.input_blobs]
+    totals = {}
+    steps = batches
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(batches, desc=description or f"evaluate ({runtime.name})", unit="batch",
+                     leave=False)
+    for batch in steps:
+        blobs = runtime.forward(batch, observer=observer) if observer else runtime.forward(batch)
+        for name in outputs:
+            value = np.asarray(blobs[name], np.float32)
+            totals[name] = totals[name] + value if name in totals else value.copy()
+    scores = {name: total / np.float32(iterations) for name, total in totals.items()}
+    scores = {k: (np.float32(v) if np.ndim(v) == 0 else v) for k, v in scores.items()}
+    images = sum(len(next(iter(batch.values()))) for batch in batches)
+    return ClassificationResult(scores, iterations, images, runtime.name)

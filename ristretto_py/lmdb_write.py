@@ -33,7 +33,8 @@ def make_datum(image, label, encoded_as=None):
 
 
 def write_lmdb(path, datums, map_size=None):
-    """Write ``datums`` (an iterable of Datum) under keys ``%08d`` into a new LMDB at ``path``.
+    """Write ``datums`` (Datum, or (Datum, name) pairs) under keys ``%08d`` (or Caffe's
+    ``%08d_<name>``) into a new LMDB at ``path``.
 
     The database is built in a temporary directory beside ``path`` and renamed into place, so
     a failure leaves no half-written database. An existing ``path`` is refused."""
@@ -49,8 +50,10 @@ def write_lmdb(path, datums, map_size=None):
     try:
         env = lmdb.open(staging, map_size=map_size or 1 << 34, subdir=True, meminit=False)
         txn = env.begin(write=True)
-        for count, datum in enumerate(datums, 1):
-            txn.put(b"%08d" % (count - 1), datum.SerializeToString())
+        for count, item in enumerate(datums, 1):
+            datum, name = item if isinstance(item, tuple) else (item, None)
+            key = b"%08d" % (count - 1) + (b"_" + name.encode("utf-8") if name else b"")
+            txn.put(key, datum.SerializeToString())
             if count % 1000 == 0:
                 txn.commit()
                 txn = env.begin(write=True)

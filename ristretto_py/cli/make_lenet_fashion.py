@@ -1,6 +1,8 @@
 """Build ``examples/lenet_fashion``: train a LeNet on real Fashion-MNIST (PyTorch, CPU, seeded),
 then write it as Caffe files (train/test prototxt, caffemodel) with a test LMDB of the first
-1,000 test images. Needs the ``example`` extra (torch) and Debian's dataset-fashion-mnist."""
+1,000 test images and a train LMDB of the first 640 training images (the 10 TRAIN batches of 64
+that Ristretto's range analysis reads). Needs the ``example`` extra (torch) and Debian's
+dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``)."""
 import argparse
 import gzip
 import os
@@ -101,6 +103,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--train-images", type=int, default=640)
     args = parser.parse_args(argv)
     data = pathlib.Path(args.data_dir)
     train_x = read_idx(data / "train-images-idx3-ubyte.gz")
@@ -119,8 +122,16 @@ def main(argv=None):
     count = write_lmdb(lmdb_path, (make_datum(img, lab) for img, lab in
                                    zip(test_x[:args.test_images], test_y[:args.test_images])),
                        map_size=1 << 26)
-    source = str(lmdb_path)
-    text = NET_TEMPLATE.format(scale=SCALE, train_source=source, test_source=source)
+    train_path = out / "fashion_train_lmdb"
+    if train_path.exists():
+        import shutil
+        shutil.rmtree(train_path)
+    write_lmdb(train_path, (make_datum(img, lab) for img, lab in
+                            zip(train_x[:args.train_images], train_y[:args.train_images])),
+               map_size=1 << 26)
+    # Caffe resolves data_param.source against the working directory: run from the repo root.
+    text = NET_TEMPLATE.format(scale=SCALE, train_source=str(train_path),
+                               test_source=str(lmdb_path))
     param = caffe_io.parse_net_text(text)
     blobs = caffe_blobs(model)
     for layer in param.layer:

@@ -1,0 +1,199 @@
+"""What a quantize run costs and saves: Ristretto's summary table, weight bytes before and after,
+the share of values each layer's formats saturate, and the report files (``report.json``,
+``report.md`` with a PNG plot of score against bit width)."""
+import json
+import math
+import os
+
+import numpy as np
+
+from ristretto_py import numerics
+from ristretto_py.atomic import atomic_output, write_text
+from ristretto_py.precision import DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision
+
+RISTRETTO_TYPES = ("ConvolutionRistretto", "FcRistretto", "DeconvolutionRistretto")
+STAGE_TITLES = {"conv_params": "Dynamic fixed point CONV weights",
+                "fc_params": "Dynamic fixed point FC weights",
+                "activations": "Dynamic fixed point layer activations",
+                "minifloat": "Minifloat net", "final": "Quantized net"}
+
+
+def layer_precisions(quantized):
+    """Layer name -> LayerPrecision of every Ristretto layer in a quantized NetParameter."""
+    return {layer.name: LayerPrecision.from_proto(layer.quantization_param)
+            for layer in quantized.layer if layer.type in RISTRETTO_TYPES}
+
+
+def weight_bytes(net, precisions=None):
+    """Bytes of every weight and bias of ``net``: float32, or the layer's parameter format."""
+    total = 0
+    for layer in net.layers:
+        precision = (precisions or {}).get(layer.name)
+        for index, blob in enumerate(layer.blobs):
+            bits = 32
+            if precision is not None and (index == 0 or precision.precision != "integer_power_of_2_weights"):
+                bits = precision.param_bits()
+            total += math.ceil(np.size(blob) * bits / 8)
+    return total
+
+
+def _activation_saturation(values, precision, bit_width, fractional_length):
+    if precision.precision == MINIFLOAT:
+        largest = numerics.minifloat_range(precision.exp_bits, precision.mant_bits)[1]
+        values = np.asarray(values, np.float32)
+        return float(np.count_nonzero(np.abs(values) > largest)) / max(values.size, 1)
+    return numerics.fixed_point_saturation(values, bit_width, fractional_length)
+
+
+def saturation_observer(precisions):
+    """An observer for the float net's pass and the dict it fills: layer -> running counts of
+    input/output values that the chosen formats would clip."""
+    counts = {}
+
+    def observe(layer, bottoms, tops):
+        p = precisions.get(layer.name)
+        if p is None:
+            return
+        entry = counts.setdefault(layer.name, {"input": [0.0, 0], "output": [0.0, 0]})
+        for key, values, bw, fl in (("input", bottoms[0], p.bw_layer_in, p.fl_layer_in),
+                                    ("output", tops[0], p.bw_layer_out, p.fl_layer_out)):
+            if p.precision != MINIFLOAT and not p.trims_activations("gpu"):
+                continue
+            entry[key][0] += _activation_saturation(values, p, bw, fl) * np.size(values)
+            entry[key][1] += np.size(values)
+    return observe, counts
+
+
+def parameter_saturation(net, precisions):
+    """Layer name -> share of weights and biases outside the layer's parameter format."""
+    shares = {}
+    for layer in net.layers:
+        p = precisions.get(layer.name)
+        if p is None or not layer.blobs:
+            continue
+        blobs = layer.blobs[:1] if p.precision == "integer_power_of_2_weights" else layer.blobs
+        values = np.concatenate([np.ravel(b) for b in blobs])
+        if p.precision == DYNAMIC_FIXED_POINT:
+            shares[layer.name] = numerics.fixed_point_saturation(values, p.bw_params, p.fl_params)
+        elif p.precision == MINIFLOAT:
+            shares[layer.name] = _activation_saturation(values, p, 0, 0)
+        else:   # power of two: magnitudes beyond the largest exponent (rounded in the log domain)
+            with np.errstate(divide="ignore"):
+                exponent = np.rint(np.log2(np.abs(values)))
+            shares[layer.name] = float(np.count_nonzero(exponent > p.exp_max)) / values.size
+    return shares
+
+
+def summary_lines(result):
+    """Ristretto's closing log, line for line."""
+    lines = ["------------------------------", "Network accuracy analysis for"]
+    if result.mode == "integer_power_of_2_weights":
+        lines += ["Integer-power-of-two weights", "in Convolutional (CONV) and",
+                  "fully connected (FC) layers."]
+    else:
+        lines += ["Convolutional (CONV) and fully", "connected (FC) layers."]
+    lines.append(f"Baseline 32bit float: {result.baseline:g}")
+    if result.mode == "dynamic_fixed_point":
+        for stage, header in (("conv_params", ["Dynamic fixed point CONV", "weights: "]),
+                              ("fc_params", ["Dynamic fixed point FC", "weights: "]),
+                              ("activations", ["Dynamic fixed point layer", "activations:"])):
+            lines += header
+            lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates if c.stage == stage]
+        chosen = result.chosen
+        lines += ["Dynamic fixed point net:", f"{chosen['conv_params']}bit CONV weights,",
+                  f"{chosen['fc_params']}bit FC weights,", f"{chosen['activations']}bit layer activations:",
+                  f"Accuracy: {result.final_score:g}"]
+    elif result.mode == "minifloat":
+        lines.append("Minifloat net:")
+        lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates]
+    else:
+        lines += ["Quantized net:", f"4bit: \t{result.final_score:g}"]
+    lines.append("Please fine-tune.")
+    return lines
+
+
+def build_report(result, weight_bytes_before, weight_bytes_after, activation_counts,
+                 param_shares, settings):
+    """The report as a JSON-ready dict."""
+    layers = {}
+    for name, length in result.lengths.items():
+        entry = result.ranges[name]
+        counts = activation_counts.get(name, {})
+        layers[name] = {
+            "type": entry.type, "max_in": entry.max_in, "max_out": entry.max_out,
+            "max_weights": entry.max_weights, "max_bias": entry.max_bias,
+            "il_in": length.layer_in, "il_out": length.layer_out, "il_params": length.params,
+            "saturation": {
+                "input": counts["input"][0] / counts["input"][1] if counts.get("input", [0, 0])[1] else None,
+                "output": counts["output"][0] / counts["output"][1] if counts.get("output", [0, 0])[1] else None,
+                "params": param_shares.get(name)}}
+    return {
+        "trimming_mode": result.mode, "settings": settings,
+        "float_score": result.baseline, "final_score": result.final_score,
+        "candidates": [{"stage": c.stage, "bit_width": c.bit_width, "score": c.score,
+                        "passed": c.passed} for c in result.candidates],
+        "chosen": result.chosen, "exp_bits": result.exp_bits,
+        "weight_bytes_before": weight_bytes_before, "weight_bytes_after": weight_bytes_after,
+        "compression": weight_bytes_before / weight_bytes_after if weight_bytes_after else None,
+        "forward_batches": result.forward_passes, "layers": layers}
+
+
+def write_report(directory, report):
+    """Write report.json, report.md and score_vs_bits.png into ``directory`` (created)."""
+    os.makedirs(directory, exist_ok=True)
+    write_text(os.path.join(directory, "report.json"), json.dumps(report, indent=2) + "\n")
+    plot = os.path.join(directory, "score_vs_bits.png")
+    _plot(report, plot)
+    write_text(os.path.join(directory, "report.md"), _markdown(report))
+
+
+def _plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    stages = []
+    for c in report["candidates"]:
+        if c["stage"] not in stages:
+            stages.append(c["stage"])
+    for stage in stages:
+        points = [(c["bit_width"], c["score"]) for c in report["candidates"] if c["stage"] == stage]
+        axes.plot(*zip(*points), marker="o", label=STAGE_TITLES.get(stage, stage))
+    axes.axhline(report["float_score"], color="gray", linestyle="--", label="float baseline")
+    margin = report["settings"]["error_margin"] / 100
+    axes.axhline(report["float_score"] - margin, color="red", linestyle=":", label="margin")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("bit width")
+    axes.set_ylabel("score")
+    axes.set_title(f"ristretto-py quantize: {report['trimming_mode']}")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_output(path) as handle:
+        figure.savefig(handle, format="png", metadata={"Software": None})
+    plt.close(figure)
+
+
+def _fmt(value, pattern="{:.2%}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def _markdown(report):
+    lines = [f"# Quantization report: {report['trimming_mode']}", "",
+             f"- float score: {report['float_score']:.4f}",
+             f"- final score: {report['final_score']:.4f}",
+             f"- chosen: {json.dumps(report['chosen'])}",
+             f"- weight bytes: {report['weight_bytes_before']:,} -> {report['weight_bytes_after']:,}"
+             + (f" ({report['compression']:.2f}x smaller)" if report["compression"] else ""),
+             f"- forward batches run: {report['forward_batches']}", "",
+             "## Candidates", "", "| stage | bits | score | passed |", "|---|---|---|---|"]
+    lines += [f"| {c['stage']} | {c['bit_width']} | {c['score']:.4f} | {'yes' if c['passed'] else 'no'} |"
+              for c in report["candidates"]]
+    lines += ["", "![score against bit width](score_vs_bits.png)", "", "## Layers", "",
+              "| layer | max in | max out | il in/out/params | saturated in | saturated out | saturated params |",
+              "|---|---|---|---|---|---|---|"]
+    for name, entry in report["layers"].items():
+        s = entry["saturation"]
+        lines.append(f"| {name} | {entry['max_in']:.4g} | {entry['max_out']:.4g} | "
+                     f"{entry['il_in']}/{entry['il_out']}/{entry['il_params']} | {_fmt(s['input'])} | "
+                     f"{_fmt(s['output'])} | {_fmt(s['params'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""Range analysis for Ristretto's ``quantize``: the largest magnitudes a net's Convolution and
+InnerProduct layers see, and the integer lengths Ristretto derives from them (DESIGN section 4).
+
+Ristretto (``Net::RangeInLayers``) takes, over 10 batches of the TRAIN-phase net, max |x| of the
+first bottom, of the first top and of the weights (not the bias) of every layer whose type is
+exactly "Convolution" or "InnerProduct", and reads the blobs after the whole forward pass: with
+an in-place ReLU after a convolution it sees the ReLU's output. ``after_forward=True`` reproduces
+that reading; the default records each layer's true input and output as it runs.
+
+Integer lengths, Ristretto's rule: il_in = ceil(log2 max_in), il_out = ceil(log2 max_out),
+il_params = ceil(log2 max_weights + 1). The activation rule is one bit short for a signed format
+(everything above 2^(il-1) saturates). The ``safe`` rule gives every range one more bit than its
+magnitude needs, floor(log2 max) + 2, so that the observed maximum (even an exact power of two)
+is representable, and counts the bias in the parameter range.
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from ristretto_py.errors import NetError
+from ristretto_py.runtime import NumpyRuntime
+
+RANGED_TYPES = ("Convolution", "InnerProduct")
+RULES = ("ristretto", "safe")
+
+
+@dataclasses.dataclass
+class LayerRange:
+    """Largest magnitudes seen by one layer (float32 values, as Ristretto keeps them)."""
+    name: str
+    type: str
+    max_in: float = 0.0
+    max_out: float = 0.0
+    max_weights: float = 0.0
+    max_bias: float = 0.0
+
+
+def _max_abs(array):
+    return float(np.max(np.abs(array))) if np.size(array) else -10.0   # Ristretto's start value
+
+
+def analyze_ranges(net, batches, after_forward=False, progress=False):
+    """LayerRange per Convolution/InnerProduct layer of ``net`` (in net order) over ``batches``."""
+    ranges = {}
+    for layer in net.layers:
+        if layer.type in RANGED_TYPES:
+            weights = layer.blobs[0] if layer.blobs else np.zeros(0)
+            bias = layer.blobs[1] if len(layer.blobs) > 1 else np.zeros(0)
+            ranges[layer.name] = LayerRange(layer.name, layer.type, 0.0, 0.0,
+                                            max(0.0, _max_abs(weights)), max(0.0, _max_abs(bias)))
+    if not ranges:
+        raise NetError(f"the {net.phase} net has no Convolution or InnerProduct layer to quantize",
+                       path=net.source)
+
+    def observe(layer, bottoms, tops):
+        entry = ranges.get(layer.name)
+        if entry is not None and not after_forward:
+            entry.max_in = max(entry.max_in, _max_abs(bottoms[0]))
+            entry.max_out = max(entry.max_out, _max_abs(tops[0]))
+
+    runtime = NumpyRuntime(net)
+    steps = batches
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(batches, desc="range analysis (TRAIN net)", unit="batch", leave=False)
+    for batch in steps:
+        blobs = runtime.forward(batch, observer=observe)
+        if after_forward:
+            for layer in net.layers:
+                entry = ranges.get(layer.name)
+                if entry is not None:
+                    entry.max_in = max(entry.max_in, _max_abs(blobs[layer.bottoms[0]]))
+                    entry.max_out = max(entry.max_out, _max_abs(blobs[layer.tops[0]]))
+    return ranges
+
+
+def _log2(value, what, layer):
+    if not value > 0:
+        raise NetError(f"the largest |{what}| seen is {value}: no integer length fits "
+                       "(is the layer dead on this data?)", layer=layer)
+    return math.log2(value)
+
+
+def integer_lengths(entry, rule="ristretto"):
+    """(il_in, il_out, il_params) of one LayerRange under ``rule`` ("ristretto" or "safe")."""
+    if rule == "ristretto":
+        return (math.ceil(_log2(entry.max_in, "input", entry.name)),
+                math.ceil(_log2(entry.max_out, "output", entry.name)),
+                math.ceil(_log2(entry.max_weights, "weight", entry.name) + 1))
+    if rule == "safe":
+        params = max(entry.max_weights, entry.max_bias)
+        return (math.floor(_log2(entry.max_in, "input", entry.name)) + 2,
+                math.floor(_log2(entry.max_out, "output", entry.name)) + 2,
+                math.floor(_log2(params, "weight", entry.name)) + 2)
+    raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+
+
+def minifloat_exponent_bits(ranges, start=4):
+    """Ristretto's exponent width: max(4, ceil(log2(log2(max) - 1) + 1)) over every layer input
+    and output. A maximum of 2 or less gives no finite value in C++ (its int conversion yields
+    INT_MIN), so it never raises the width; the same here."""
+    bits = start
+    for entry in ranges.values():
+        for value in (entry.max_in, entry.max_out):
+            if value > 0 and math.log2(value) - 1 > 0:
+                bits = max(bits, math.ceil(math.log2(math.log2(value) - 1) + 1))
+    return bits

@@ -1,0 +1,120 @@
+"""Ristretto's net-description edits, as its ``quantize`` tool makes them (DESIGN section 4).
+
+They work on a NetParameter (the text prototxt as read, already upgraded), because Ristretto's
+output is that same description with some layer types renamed and ``quantization_param``
+fields set: nothing else changes, so a file written here reads in Ristretto and the other way
+round. Each function returns an edited copy and never touches its input.
+
+Ristretto matches layer types loosely when it edits for dynamic fixed point (any type containing
+"Convolution"; "InnerProduct" or "FcRistretto") and exactly for mini-float and power-of-two
+weights ("Convolution"/"ConvolutionRistretto", "InnerProduct"/"FcRistretto"). Both rules are
+kept. Only the fields Ristretto sets are written.
+"""
+import dataclasses
+
+from ristretto_py.errors import NetError
+from ristretto_py.protos import caffe_pb2
+
+Q = caffe_pb2.QuantizationParameter
+CONV, FC = "ConvolutionRistretto", "FcRistretto"
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerLengths:
+    """Integer lengths of one layer's input, output and parameters."""
+    layer_in: int
+    layer_out: int
+    params: int = 0
+
+
+def _copy(param):
+    edited = caffe_pb2.NetParameter()
+    edited.CopyFrom(param)
+    return edited
+
+
+def _lengths(lengths, layer):
+    try:
+        return lengths[layer.name]
+    except KeyError:
+        raise NetError(f"layer of type '{layer.type}' would be quantized, but the range analysis "
+                       "saw no Convolution/InnerProduct layer of that name in the TRAIN net "
+                       "(Ristretto reads past its table here)", layer=layer.name) from None
+
+
+def dynamic_fixed_point(param, lengths, layers, parts, bw_conv=-1, bw_fc=-1, bw_in=-1, bw_out=-1):
+    """Ristretto's EditNetDescriptionDynamicFixedPoint.
+
+    ``layers``: "Convolution", "InnerProduct" or "Convolution_and_InnerProduct";
+    ``parts``: "Parameters", "Activations" or "Parameters_and_Activations"; ``lengths``:
+    layer name -> IntegerLengths. Fractional lengths are bit width minus integer length."""
+    edited = _copy(param)
+    for layer in edited.layer:
+        is_conv = "Convolution" in layers and "Convolution" in layer.type
+        is_fc = "InnerProduct" in layers and ("InnerProduct" in layer.type or FC in layer.type)
+        for matches, new_type, bw_params in ((is_conv, CONV, bw_conv), (is_fc, FC, bw_fc)):
+            if not matches:
+                continue
+            q = layer.quantization_param
+            il = _lengths(lengths, layer)
+            layer.type = new_type
+            if "Parameters" in parts:
+                q.fl_params = bw_params - il.params
+                q.bw_params = bw_params
+            if "Activations" in parts:
+                q.fl_layer_in = bw_in - il.layer_in
+                q.bw_layer_in = bw_in
+                q.fl_layer_out = bw_out - il.layer_out
+                q.bw_layer_out = bw_out
+    return edited
+
+
+def minifloat(param, bit_width, exp_bits):
+    """Ristretto's EditNetDescriptionMiniFloat: every Convolution and InnerProduct layer becomes
+    a mini-float Ristretto layer with ``exp_bits`` and ``bit_width - exp_bits - 1`` mantissa bits."""
+    edited = _copy(param)
+    for layer in edited.layer:
+        new_type = _exact_type(layer.type)
+        if new_type:
+            layer.type = new_type
+            q = layer.quantization_param
+            q.precision = Q.MINIFLOAT
+            q.mant_bits = bit_width - exp_bits - 1
+            q.exp_bits = exp_bits
+    return edited
+
+
+def power_of_two_weights(param, exp_min=-8, exp_max=-1):
+    """Ristretto's EditNetDescriptionIntegerPowerOf2Weights (exponents [-8, -1] as in its tool)."""
+    edited = _copy(param)
+    for layer in edited.layer:
+        new_type = _exact_type(layer.type)
+        if new_type:
+            layer.type = new_type
+            q = layer.quantization_param
+            q.precision = Q.INTEGER_POWER_OF_2_WEIGHTS
+            q.exp_min = exp_min
+            q.exp_max = exp_max
+    return edited
+
+
+def _exact_type(layer_type):
+    if layer_type in ("Convolution", CONV):
+        return CONV
+    if layer_type in ("InnerProduct", FC):
+        return FC
+    return None
+
+
+def with_phase(param, phase):
+    """A copy whose ``state`` selects ``phase`` (Ristretto scores TEST nets)."""
+    edited = _copy(param)
+    edited.state.phase = caffe_pb2.Phase.Value(phase)
+    return edited
+
+
+def without_state(param):
+    """A copy without ``state`` (Ristretto releases it before writing)."""
+    edited = _copy(param)
+    edited.ClearField("state")
+    return edited

@@ -1,0 +1,189 @@
+"""Ristretto's ``quantize``, decision for decision (DESIGN section 4).
+
+1. Score the float TEST net over ``iterations`` batches (the baseline).
+2. Range analysis over 10 batches of the TRAIN net (``passes.ranges``).
+3. Trimming mode:
+   * dynamic_fixed_point: 16, 8, 4, 2, 1 bits for all Convolution weights (stop after the first
+     failure), then for all InnerProduct weights, then for all layer activations; each part
+     keeps the smallest width passing before the first failure (32 if none); the combination
+     is scored once and written.
+   * minifloat: exponent bits from the ranges; 16, 8, 4 total bits while bits - 1 - exp > 0.
+   * integer_power_of_2_weights: exponents [-8, -1] and 8-bit fixed-point activations, no search.
+   A candidate passes while score + margin/100 >= baseline (scores are float32 as in Caffe).
+
+The float net's batches are read once and every candidate is evaluated on them; the baseline
+and the range analysis are computed once per run.
+"""
+import dataclasses
+
+import numpy as np
+
+from ristretto_py import caffe_io
+from ristretto_py.errors import NetError
+from ristretto_py.evaluators.classification import evaluate_classification, fetch_batches
+from ristretto_py.net import Net
+from ristretto_py.runtime import make_runtime
+
+from . import ranges as range_analysis
+from . import ristretto_edit as edit
+
+MODES = ("dynamic_fixed_point", "minifloat", "integer_power_of_2_weights")
+RANGE_BATCHES = 10
+HALVINGS = (16, 8, 4, 2, 1)
+
+
+@dataclasses.dataclass
+class Candidate:
+    stage: str        # conv_params | fc_params | activations | minifloat | final
+    bit_width: int
+    score: float
+    passed: bool
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    mode: str
+    baseline: float
+    candidates: list
+    chosen: dict                # e.g. {"conv_params": 8, "fc_params": 4, "activations": 16}
+    final_score: float
+    quantized: object           # the NetParameter written (Ristretto's edited description)
+    ranges: dict                # layer name -> LayerRange
+    lengths: dict               # layer name -> IntegerLengths
+    exp_bits: int = None
+    forward_passes: int = 0
+    images_per_pass: int = 0
+
+
+class RistrettoQuantizer:
+    """One run of the quantize search. ``evaluate`` can be called for any NetParameter."""
+
+    def __init__(self, model, weights, iterations, trimming_mode, error_margin,
+                 backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
+                 seed=0, progress=True):
+        if trimming_mode not in MODES:
+            raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
+        if iterations < 1:
+            raise ValueError("iterations must be at least 1")
+        self.model_path, self.weights_path = str(model), str(weights)
+        self.param = upgrade_text_net(model)
+        self.weights = caffe_io.read_net_binary(weights)
+        self.iterations = iterations
+        self.mode = trimming_mode
+        self.margin = float(error_margin)
+        self.backend, self.compat, self.seed = backend, compat, seed
+        self.rule = integer_length
+        self.score_blob = score_blob
+        self.progress = progress
+        self.forward_passes = 0
+        self._test_batches = None
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def build(self, param, phase="TEST"):
+        return Net.from_proto(edit.with_phase(param, phase), self.weights, phase=phase,
+                              source=self.model_path, weights_source=self.weights_path)
+
+    def test_batches(self):
+        if self._test_batches is None:
+            net = self.build(self.param)
+            self._test_batches = fetch_batches(net, self.iterations, seed=self.seed)
+        return self._test_batches
+
+    def evaluate(self, param, description="evaluate", observer=None):
+        """Score (float32) of ``param`` in the TEST phase on the cached batches."""
+        net = self.build(param)
+        backend = "numpy" if observer else self.backend
+        runtime = make_runtime(net, backend, compat=self.compat, seed=self.seed)
+        result = evaluate_classification(net, self.iterations, runtime=runtime,
+                                         batches=self.test_batches(), progress=self.progress,
+                                         observer=observer, description=description)
+        self.forward_passes += self.iterations
+        return np.float32(result.score(self.score_blob))
+
+    def passes(self, score, baseline):
+        # Ristretto: float score + double margin / 100 compared with the float baseline.
+        return float(score) + self.margin / 100 >= float(baseline)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self):
+        baseline = self.evaluate(self.param, "float baseline")
+        train_net = self.build(self.param, "TRAIN")
+        train_batches = fetch_batches(train_net, RANGE_BATCHES, seed=self.seed)
+        self.forward_passes += RANGE_BATCHES
+        found = range_analysis.analyze_ranges(train_net, train_batches,
+                                              after_forward=self.compat == "cpu",
+                                              progress=self.progress)
+        lengths = {name: edit.IntegerLengths(*range_analysis.integer_lengths(entry, self.rule))
+                   for name, entry in found.items()}
+        runner = {"dynamic_fixed_point": self._dynamic_fixed_point,
+                  "minifloat": self._minifloat,
+                  "integer_power_of_2_weights": self._power_of_two}[self.mode]
+        result = runner(baseline, found, lengths)
+        result.forward_passes = self.forward_passes
+        result.images_per_pass = len(next(iter(self.test_batches()[0].values())))
+        return result
+
+    def _halvings(self, stage, baseline, make_param):
+        """Score 16, 8, 4, 2, 1 bits until the first failure; return candidates and the choice."""
+        candidates, chosen = [], 32
+        for bits in HALVINGS:
+            score = self.evaluate(make_param(bits), f"{stage} {bits}-bit")
+            ok = self.passes(score, baseline)
+            candidates.append(Candidate(stage, bits, float(score), ok))
+            if not ok:
+                break
+            chosen = bits
+        return candidates, chosen
+
+    def _dynamic_fixed_point(self, baseline, found, lengths):
+        p = self.param
+        conv, bw_conv = self._halvings("conv_params", baseline, lambda b: edit.dynamic_fixed_point(
+            p, lengths, "Convolution", "Parameters", bw_conv=b))
+        fc, bw_fc = self._halvings("fc_params", baseline, lambda b: edit.dynamic_fixed_point(
+            p, lengths, "InnerProduct", "Parameters", bw_fc=b))
+        act, bw_act = self._halvings("activations", baseline, lambda b: edit.dynamic_fixed_point(
+            p, lengths, "Convolution_and_InnerProduct", "Activations", bw_in=b, bw_out=b))
+        final = edit.dynamic_fixed_point(p, lengths, "Convolution_and_InnerProduct",
+                                         "Parameters_and_Activations", bw_conv, bw_fc, bw_act, bw_act)
+        score = self.evaluate(final, "dynamic fixed point net")
+        chosen = {"conv_params": bw_conv, "fc_params": bw_fc, "activations": bw_act}
+        return QuantizeResult(self.mode, float(baseline), conv + fc + act, chosen, float(score),
+                              edit.without_state(final), found, lengths)
+
+    def _minifloat(self, baseline, found, lengths):
+        exp_bits = range_analysis.minifloat_exponent_bits(found)
+        candidates, chosen = [], 32
+        bits = 16
+        while bits - 1 - exp_bits > 0:
+            score = self.evaluate(edit.minifloat(self.param, bits, exp_bits), f"minifloat {bits}-bit")
+            ok = self.passes(score, baseline)
+            candidates.append(Candidate("minifloat", bits, float(score), ok))
+            if not ok:
+                break
+            chosen = bits
+            bits //= 2
+        final = edit.minifloat(self.param, chosen, exp_bits)
+        # Ristretto writes this net without scoring it; its score is a candidate's, or for
+        # 32 bits we score it so that the report can state it.
+        scored = {c.bit_width: c.score for c in candidates}
+        score = scored[chosen] if chosen in scored else float(self.evaluate(final, "minifloat net"))
+        return QuantizeResult(self.mode, float(baseline), candidates, {"bit_width": chosen},
+                              score, edit.without_state(final), found, lengths, exp_bits)
+
+    def _power_of_two(self, baseline, found, lengths):
+        param = edit.power_of_two_weights(self.param)
+        param = edit.dynamic_fixed_point(param, lengths, "Convolution_and_InnerProduct",
+                                         "Activations", bw_in=8, bw_out=8)
+        score = self.evaluate(param, "power-of-two weights net")
+        candidate = Candidate("final", 4, float(score), self.passes(score, baseline))
+        return QuantizeResult(self.mode, float(baseline), [candidate],
+                              {"exp_min": -8, "exp_max": -1, "activations": 8}, float(score),
+                              edit.without_state(param), found, lengths)
+
+
+def upgrade_text_net(path):
+    """The prototxt as Ristretto reads it (upgraded, as ReadNetParamsFromTextFileOrDie does)."""
+    param = caffe_io.read_net_text(path)
+    if not len(param.layer):
+        raise NetError("the prototxt has no layers", path=str(path))
+    return param

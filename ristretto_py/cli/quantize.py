@@ -1,0 +1,98 @@
+"""``tools/quantize``: Ristretto's ``ristretto quantize`` (same flags, same decisions, same written
+prototxt), with a progress bar per evaluation, Ristretto's summary, the share of values that
+saturate per layer, and an optional report folder."""
+import sys
+
+from ..caffe_io import write_net_text
+from ..errors import RistrettoError
+from ..numerics import COMPAT_MODES
+from ..passes import quantize_report as reports
+from ..passes.ranges import RULES
+from ..passes.ristretto_quantize import MODES, RistrettoQuantizer
+from ..runtime import BACKENDS
+from .common import add_model_arguments, check_output_path, make_parser, run
+
+PROG = "quantize"
+
+
+def build_parser():
+    parser = make_parser(PROG, __doc__)
+    add_model_arguments(parser, weights_required=True)
+    parser.add_argument("--model_quantized", required=True, metavar="PROTOTXT",
+                        help="where to write the quantized net description")
+    parser.add_argument("--trimming_mode", required=True, choices=MODES)
+    parser.add_argument("--error_margin", type=float, default=2.0,
+                        help="allowed score drop in percentage points (default 2, as Ristretto)")
+    parser.add_argument("--iterations", type=int, default=50,
+                        help="batches per evaluation (default 50, as Ristretto)")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    parser.add_argument("--compat", choices=COMPAT_MODES, default="gpu",
+                        help="Ristretto build to reproduce: gpu (documented semantics) or cpu")
+    parser.add_argument("--integer_length", choices=RULES, default="ristretto",
+                        help="ristretto: its rules (activations one bit short); safe: the "
+                             "observed maximum never clips and the bias counts")
+    parser.add_argument("--score_blob", default=None,
+                        help="output blob to score (default: the first scalar output)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding/sampling")
+    parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and a plot here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def quantize_main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.iterations < 1:
+        raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
+    check_output_path(args.model_quantized)
+    quantizer = RistrettoQuantizer(
+        args.model, args.weights, args.iterations, args.trimming_mode, args.error_margin,
+        backend=args.backend, compat=args.compat, integer_length=args.integer_length,
+        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet)
+    result = quantizer.run()
+
+    float_net = quantizer.build(quantizer.param)
+    precisions = reports.layer_precisions(result.quantized)
+    observe, counts = reports.saturation_observer(precisions)
+    quantizer.evaluate(quantizer.param, "saturation (float net)", observer=observe)
+    before = reports.weight_bytes(float_net)
+    after = reports.weight_bytes(float_net, precisions)
+    param_shares = reports.parameter_saturation(float_net, precisions)
+
+    write_net_text(result.quantized, args.model_quantized)
+    for line in reports.summary_lines(result):
+        print(line)
+    print(f"Weights and biases: {before:,} bytes as float32 -> {after:,} bytes")
+    print("Share of values saturating at the chosen formats (float activations of the TEST set):")
+    for name in result.lengths:
+        c = counts.get(name, {})
+        shares = [_share(c.get("input")), _share(c.get("output")), _share_value(param_shares.get(name))]
+        print(f"  {name}: input {shares[0]}, output {shares[1]}, params {shares[2]}")
+    print(f"Wrote {args.model_quantized} ({quantizer.forward_passes} forward batches of "
+          f"{result.images_per_pass} images)")
+    if args.report:
+        settings = {"model": args.model, "weights": args.weights, "iterations": args.iterations,
+                    "error_margin": args.error_margin, "backend": args.backend,
+                    "compat": args.compat, "integer_length": args.integer_length,
+                    "seed": args.seed}
+        report = reports.build_report(result, before, after, counts, param_shares, settings)
+        reports.write_report(args.report, report)
+        print(f"Wrote the report to {args.report}")
+    return 0
+
+
+def _share(pair):
+    if not pair or not pair[1]:
+        return "-"
+    return f"{pair[0] / pair[1]:.2%}"
+
+
+def _share_value(value):
+    return "-" if value is None else f"{value:.2%}"
+
+
+def main(argv=None):
+    return run(quantize_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
