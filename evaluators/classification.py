@@ -35,8 +35,9 @@ class ClassificationResult:
 
 
 def _plain(value):
-    value = np.asarray(value)
-    return float(value) if value.ndim == 0 else value.tolist()
+    """A float32 score as the shortest decimal that reads back to it (0.903, not 0.90299999)."""
+    value = np.asarray(value, np.float32)
+    return float(str(value[()])) if value.ndim == 0 else [float(str(v)) for v in value.ravel()]
 
 
 def data_layer(net):

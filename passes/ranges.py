@@ -11,7 +11,8 @@ Integer lengths, Ristretto's rule: il_in = ceil(log2 max_in), il_out = ceil(log2
 il_params = ceil(log2 max_weights + 1). The activation rule is one bit short for a signed format
 (everything above 2^(il-1) saturates). The ``safe`` rule gives every range one more bit than its
 magnitude needs, floor(log2 max) + 2, so that the observed maximum (even an exact power of two)
-is representable, and counts the bias in the parameter range.
+lies below 2^(il-1): clamping costs it less than one quantization step, no more than rounding
+does. It also counts the bias in the parameter range.
 """
 import dataclasses
 import math

