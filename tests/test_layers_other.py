@@ -328,3 +328,22 @@ def test_label_out_of_range_is_a_clear_error():
     net = _scoring_net('layer { name: "a1" type: "Accuracy" bottom: "s" bottom: "l" top: "a1" }')
     with pytest.raises(NetError, match="label 7 is outside"):
         NumpyRuntime(net).forward({"s": SCORES, "l": np.array([0, 1, 7, 2], np.float32)})
+
+
+def test_in_place_layers_never_overwrite_a_shared_blob(tmp_path):
+    # The Split's tops share one array: the in-place ReLU on one of them must not change the
+    # other; the in-place BatchNorm/Scale chain runs in the bottom's own buffer.
+    mean, var = np.zeros(6, np.float32), np.ones(6, np.float32)
+    body = ('layer { name: "sp" type: "Split" bottom: "data" top: "a" top: "b" }\n'
+            'layer { name: "relu" type: "ReLU" bottom: "a" top: "a" }\n'
+            'layer { name: "bn" type: "BatchNorm" bottom: "b" top: "b" batch_norm_param { eps: 0 } }\n'
+            'layer { name: "sc" type: "Scale" bottom: "b" top: "b" scale_param { bias_term: true } }\n'
+            'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }')
+    scale, bias = np.full(6, 2, np.float32), np.ones(6, np.float32)
+    model, weights, net = _net(tmp_path, body, X4.shape, {"bn": [mean, var, [1.0]], "sc": [scale, bias]})
+    x = X4.copy()
+    blobs = NumpyRuntime(net).forward({"data": x})
+    np.testing.assert_array_equal(x, X4)                    # the caller's array is untouched
+    np.testing.assert_array_equal(blobs["data"], X4)
+    np.testing.assert_allclose(blobs["sum"], np.maximum(X4, 0) + X4 * 2 + 1, rtol=1e-6)
+    assert _close(blobs["sum"], _opencv(model, weights, X4, "sum"))

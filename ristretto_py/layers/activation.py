@@ -20,6 +20,11 @@ class ReLU(_ElementWise):
     def setup(self, spec):
         self.negative_slope = float(spec.relu_param.negative_slope)
 
+    def forward_into(self, bottoms, blobs, out):
+        if self.negative_slope == 0.0:
+            return np.maximum(bottoms[0], np.float32(0), out=out)
+        return self.forward(bottoms, blobs)[0]
+
     def forward(self, bottoms, blobs):
         x = bottoms[0]
         if self.negative_slope == 0.0:

@@ -42,6 +42,9 @@ class RunContext:
     (``compat``: "gpu" or "cpu", see ``numerics``) and the generator for stochastic rounding."""
     compat: str = "gpu"
     rng: object = None
+    # For an in-place layer, the runtime may hand over its bottom array (no other blob holds
+    # it) as ``reuse``: layers with ``forward_into`` then write their top into it, as Caffe does.
+    reuse: object = None
 
 
 @dataclass
@@ -106,8 +109,10 @@ class LayerImpl:
         raise NotImplementedError
 
     def run(self, bottoms, blobs, context):
-        """Forward with the run's options (``RunContext``: compat mode, seeded generator).
-        Plain Caffe layers ignore them; Ristretto layers override this."""
+        """Forward with the run's options (``RunContext``: compat mode, seeded generator, an
+        array to reuse). Plain Caffe layers ignore them; Ristretto layers override this."""
+        if context.reuse is not None and hasattr(self, "forward_into"):
+            return [self.forward_into(bottoms, blobs, context.reuse)]
         return self.forward(bottoms, blobs)
 
     def macs(self, bottom_shapes, top_shapes):

@@ -45,10 +45,11 @@ class Eltwise(LayerImpl):
                 y = np.maximum(y, x)
         else:
             coeff = [np.float32(c) for c in self._coefficients(len(xs))]
-            y = xs[0] * coeff[0] if coeff[0] != 1 else xs[0].copy()
-            for c, x in zip(coeff[1:], xs[1:]):
-                y = y + (x * c if c != 1 else x)
-        return [y.astype(np.float32)]
+            terms = [x * c if c != 1 else x for c, x in zip(coeff, xs)]
+            y = np.add(terms[0], terms[1])
+            for term in terms[2:]:
+                np.add(y, term, out=y)
+        return [y.astype(np.float32, copy=False)]
 
     def export_onnx(self, graph, io):
         op = {"PROD": "Mul", "MAX": "Max", "SUM": "Add"}[self.operation]

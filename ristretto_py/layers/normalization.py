@@ -22,6 +22,16 @@ from .pooling import _ave_pool
 FLOAT = np.float32
 
 
+def _normalize(out, x, mean, std):
+    np.subtract(x, mean, out=out)
+    np.divide(out, std, out=out)
+
+
+def _affine(out, x, scale, bias):
+    np.multiply(x, scale, out=out)
+    np.add(out, bias, out=out)
+
+
 def _broadcast_shape(ndim, axis, shape):
     return (1,) * axis + tuple(shape) + (1,) * (ndim - axis - len(shape))
 
@@ -55,6 +65,9 @@ class BatchNorm(LayerImpl):
         return (as_f32(blobs[0]).reshape(-1) * scale, as_f32(blobs[1]).reshape(-1) * scale)
 
     def forward(self, bottoms, blobs):
+        return [self.forward_into(bottoms, blobs, np.empty_like(as_f32(bottoms[0])))]
+
+    def forward_into(self, bottoms, blobs, out):
         x = as_f32(bottoms[0])
         shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 1 else (-1,)
         if self.global_stats:
@@ -64,7 +77,9 @@ class BatchNorm(LayerImpl):
             axes = (0,) + tuple(range(2, x.ndim))
             mean = x.mean(axis=axes, keepdims=True, dtype=FLOAT)
             var = ((x - mean) ** 2).mean(axis=axes, keepdims=True, dtype=FLOAT)
-        return [((x - mean) / np.sqrt(var + self.eps)).astype(FLOAT)]
+        std = np.sqrt(var + self.eps, dtype=FLOAT)
+        _normalize(out, x, mean, std)
+        return out
 
     def export_onnx(self, graph, io):
         ndim = len(io.bottom_shapes[0])
@@ -137,13 +152,18 @@ class Scale(_Affine):
         return shapes
 
     def forward(self, bottoms, blobs):
+        return [self.forward_into(bottoms, blobs, np.empty_like(as_f32(bottoms[0])))]
+
+    def forward_into(self, bottoms, blobs, out):
         x = as_f32(bottoms[0])
         axis, shape = self._operand_shape([b.shape for b in bottoms])
         two = len(bottoms) > 1
-        y = x * self._operand(bottoms[1] if two else blobs[0], x.ndim, axis, shape)
-        if self.bias_term:
-            y = y + self._operand(blobs[0] if two else blobs[1], x.ndim, axis, shape)
-        return [y.astype(FLOAT)]
+        scale = self._operand(bottoms[1] if two else blobs[0], x.ndim, axis, shape)
+        if not self.bias_term:
+            return np.multiply(x, scale, out=out)
+        bias = self._operand(blobs[0] if two else blobs[1], x.ndim, axis, shape)
+        _affine(out, x, scale, bias)
+        return out
 
     def export_onnx(self, graph, io):
         ndim = len(io.bottom_shapes[0])
@@ -174,7 +194,7 @@ class Bias(_Affine):
         x = as_f32(bottoms[0])
         axis, shape = self._operand_shape([b.shape for b in bottoms])
         operand = bottoms[1] if len(bottoms) > 1 else blobs[0]
-        return [(x + self._operand(operand, x.ndim, axis, shape)).astype(FLOAT)]
+        return [np.add(x, self._operand(operand, x.ndim, axis, shape), dtype=FLOAT)]
 
     def export_onnx(self, graph, io):
         ndim = len(io.bottom_shapes[0])
@@ -216,7 +236,7 @@ class LRN(LayerImpl):
             kernel, pad = (self.size, self.size), (half, half)
             average = _ave_pool(squares, kernel, (1, 1), pad, x.shape[2:])
             scale = FLOAT(1) + self.alpha * average
-        return [(x * np.power(scale, -self.beta, dtype=FLOAT)).astype(FLOAT)]
+        return [np.multiply(x, np.power(scale, -self.beta, dtype=FLOAT), dtype=FLOAT)]
 
     def export_onnx(self, graph, io):
         if self.across:

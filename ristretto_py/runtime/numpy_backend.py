@@ -4,6 +4,7 @@ import numpy as np
 
 from ..errors import NetError, RistrettoError
 from ..layers.base import RunContext
+from .memory import keep_freed_memory
 
 
 class NumpyRuntime:
@@ -17,6 +18,7 @@ class NumpyRuntime:
                            path=net.source)
         self.net = net
         self.context = RunContext(compat, np.random.default_rng(seed))
+        keep_freed_memory()
 
     def forward(self, inputs, observer=None):
         """Run the net on ``inputs`` (blob name -> N x C x H x W array).
@@ -31,6 +33,7 @@ class NumpyRuntime:
             if impl.is_source:
                 continue
             bottoms = [blobs[b] for b in layer.bottoms]
+            self.context.reuse = _reusable(layer, blobs)
             try:
                 tops = impl.run(bottoms, layer.blobs, self.context)
             except RistrettoError as exc:
@@ -40,6 +43,18 @@ class NumpyRuntime:
             if observer is not None:
                 observer(layer, bottoms, tops)
         return blobs
+
+
+def _reusable(layer, blobs):
+    """The bottom array of a one-in one-out in-place layer when no other blob shares it (Split
+    tops do), else None. Writing into it saves an allocation, and Caffe overwrites it too;
+    observers must therefore copy arrays they keep."""
+    if len(layer.bottoms) != 1 or layer.tops != layer.bottoms:
+        return None
+    array = blobs[layer.bottoms[0]]
+    if sum(1 for value in blobs.values() if value is array) != 1 or not array.flags.writeable:
+        return None
+    return array
 
 
 def feed_inputs(net, inputs):
