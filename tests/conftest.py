@@ -1,4 +1,5 @@
 """Shared fixtures: small hand-built nets and the real pretrained models (cached downloads)."""
+import cv2
 import numpy as np
 import pytest
 
@@ -36,3 +37,19 @@ def real_models():
             cache[name] = fetch_model(name)
         return cache[name]
     return get
+
+
+def opencv_forward(model, weights, x, names):
+    """OpenCV's Caffe importer (the independent reference), layer fusion off, on input ``x``;
+    ``names``: a layer name (one array) or a list of them."""
+    reference = cv2.dnn.readNetFromCaffe(str(model), str(weights))
+    reference.enableFusion(False)
+    reference.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    reference.setInput(x)
+    return reference.forward(names)
+
+
+def close_to(ours, reference, tolerance):
+    """Max |difference| within ``tolerance`` of the reference's largest magnitude."""
+    scale = max(float(np.abs(reference).max()), 1e-30)
+    return float(np.abs(np.asarray(ours, np.float64) - reference).max()) / scale <= tolerance

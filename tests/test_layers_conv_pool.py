@@ -7,7 +7,7 @@ import pytest
 from ristretto_py import Net
 from ristretto_py.errors import NetError
 from ristretto_py.runtime import NumpyRuntime, OnnxRuntime
-from tests.conftest import write_model
+from conftest import close_to, opencv_forward, write_model
 
 INPUT = 'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {dims} }} }} }}\n'
 
@@ -19,16 +19,11 @@ def _net(tmp_path, body, dims, blobs=None):
 
 
 def _opencv(model, weights, x, names):
-    reference = cv2.dnn.readNetFromCaffe(str(model), str(weights))
-    reference.enableFusion(False)
-    reference.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    reference.setInput(x)
-    return reference.forward(names)
+    return opencv_forward(model, weights, x, names)
 
 
 def _close(ours, reference, tolerance):
-    scale = max(float(np.abs(reference).max()), 1e-30)
-    return float(np.abs(np.asarray(ours, np.float64) - reference).max()) / scale <= tolerance
+    return close_to(ours, reference, tolerance)
 
 
 CONV_CASES = [
@@ -239,7 +234,7 @@ def test_macs_and_parameter_shapes(tmp_path):
     ('type: "InnerProduct" inner_product_param { num_output: 4 axis: 5 }', "out of range"),
 ])
 def test_bad_parameters_name_the_layer(layer, message):
-    from tests.conftest import net_param
+    from conftest import net_param
     text = INPUT.format(dims="1 dim: 4 dim: 6 dim: 6") + f'layer {{ name: "bad" {layer} bottom: "data" top: "out" }}'
     with pytest.raises(NetError) as info:
         Net.from_proto(net_param(text)).shapes()

@@ -8,7 +8,7 @@ import pytest
 from ristretto_py import Net
 from ristretto_py.errors import NetError
 from ristretto_py.runtime import NumpyRuntime, OnnxRuntime
-from tests.conftest import net_param, write_model
+from conftest import close_to, opencv_forward, net_param, write_model
 
 INPUT = 'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {dims} }} }} }}\n'
 
@@ -19,17 +19,12 @@ def _net(tmp_path, body, dims, blobs=None, inputs=None):
     return model, weights, Net.load(model, weights)
 
 
-def _opencv(model, weights, x, name):
-    reference = cv2.dnn.readNetFromCaffe(str(model), str(weights))
-    reference.enableFusion(False)
-    reference.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    reference.setInput(x)
-    return reference.forward(name)
+def _opencv(model, weights, x, names):
+    return opencv_forward(model, weights, x, names)
 
 
 def _close(ours, reference, tolerance=1e-5):
-    scale = max(float(np.abs(reference).max()), 1e-30)
-    return float(np.abs(np.asarray(ours, np.float64) - reference).max()) / scale <= tolerance
+    return close_to(ours, reference, tolerance)
 
 
 def _check_backends(net, x, blob, batch=None):

@@ -12,7 +12,7 @@ from ristretto_py.evaluators.classification import evaluate_classification
 from ristretto_py.lmdb_data import DataLayerFeed
 from ristretto_py.lmdb_write import make_datum, write_lmdb
 from ristretto_py.protos import caffe_pb2
-from tests.conftest import net_param
+from conftest import net_param
 
 RNG = np.random.default_rng(3)
 IMAGES = [RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8) for _ in range(5)]   # H x W x C, BGR

@@ -12,7 +12,7 @@ from ristretto_py.errors import NetError
 from ristretto_py.runtime import NumpyRuntime, OnnxRuntime
 from ristretto_py.runtime import onnx_trim
 from ristretto_py.runtime.onnx_graph import OnnxGraph
-from tests.conftest import net_param, write_model
+from conftest import net_param, write_model
 
 DATA = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
 

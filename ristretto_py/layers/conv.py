@@ -77,14 +77,30 @@ class _ConvBase(LayerImpl):
     def _effective_kernel(self):
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
-    def _onnx_attrs(self):
-        return dict(kernel_shape=list(self.kernel), strides=list(self.stride),
-                    dilations=list(self.dilation), pads=list(self.pad) * 2, group=self.group)
+    onnx_op = ""
+
+    def _weight_shape(self, channels):
+        raise NotImplementedError
+
+    def param_shapes(self, bottom_shapes):
+        shapes = [self._weight_shape(bottom_shapes[0][1])]
+        if self.bias_term:
+            shapes.append((self.num_output,))
+        return shapes
+
+    def export_onnx(self, graph, io):
+        inputs = [io.bottoms[0], graph.constant(as_f32(io.blobs[0]), "weight")]
+        if self.bias_term:
+            inputs.append(graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias"))
+        graph.node(self.onnx_op, inputs, io.tops, kernel_shape=list(self.kernel),
+                   strides=list(self.stride), dilations=list(self.dilation),
+                   pads=list(self.pad) * 2, group=self.group)
 
 
 @register
 class Convolution(_ConvBase):
     type_name = "Convolution"
+    onnx_op = "Conv"
 
     def output_shapes(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -98,12 +114,8 @@ class Convolution(_ConvBase):
             spatial.append(out)
         return [(shape[0], self.num_output, *spatial)]
 
-    def param_shapes(self, bottom_shapes):
-        channels = bottom_shapes[0][1]
-        shapes = [(self.num_output, channels // self.group, *self.kernel)]
-        if self.bias_term:
-            shapes.append((self.num_output,))
-        return shapes
+    def _weight_shape(self, channels):
+        return (self.num_output, channels // self.group, *self.kernel)
 
     def forward(self, bottoms, blobs):
         bias = blobs[1] if self.bias_term else None
@@ -113,17 +125,12 @@ class Convolution(_ConvBase):
         c_in = bottom_shapes[0][1] // self.group
         return int(np.prod(top_shapes[0])) * c_in * int(np.prod(self.kernel))
 
-    def export_onnx(self, graph, io):
-        inputs = [io.bottoms[0], graph.constant(as_f32(io.blobs[0]), "weight")]
-        if self.bias_term:
-            inputs.append(graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias"))
-        graph.node("Conv", inputs, io.tops, **self._onnx_attrs())
-
 
 @register
 class Deconvolution(_ConvBase):
     """The transpose of Convolution; its weight blob is (C_in, num_output / group, kh, kw)."""
     type_name = "Deconvolution"
+    onnx_op = "ConvTranspose"
 
     def output_shapes(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -136,11 +143,8 @@ class Deconvolution(_ConvBase):
             spatial.append(out)
         return [(shape[0], self.num_output, *spatial)]
 
-    def param_shapes(self, bottom_shapes):
-        shapes = [(bottom_shapes[0][1], self.num_output // self.group, *self.kernel)]
-        if self.bias_term:
-            shapes.append((self.num_output,))
-        return shapes
+    def _weight_shape(self, channels):
+        return (channels, self.num_output // self.group, *self.kernel)
 
     def forward(self, bottoms, blobs):
         bias = blobs[1] if self.bias_term else None
@@ -148,12 +152,6 @@ class Deconvolution(_ConvBase):
 
     def macs(self, bottom_shapes, top_shapes):
         return int(np.prod(bottom_shapes[0])) * (self.num_output // self.group) * int(np.prod(self.kernel))
-
-    def export_onnx(self, graph, io):
-        inputs = [io.bottoms[0], graph.constant(as_f32(io.blobs[0]), "weight")]
-        if self.bias_term:
-            inputs.append(graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias"))
-        graph.node("ConvTranspose", inputs, io.tops, **self._onnx_attrs())
 
 
 @register
