@@ -7,7 +7,7 @@ import pytest
 from ristretto_py import Net
 from ristretto_py.errors import NetError
 from ristretto_py.runtime import NumpyRuntime, OnnxRuntime
-from conftest import close_to, opencv_forward, write_model
+from conftest import close_to, net_param, opencv_forward, write_model
 
 INPUT = 'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: {dims} }} }} }}\n'
 
@@ -213,7 +213,7 @@ def test_macs_and_parameter_shapes(tmp_path):
             'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" '
             'inner_product_param { num_output: 10 } }')
     text = INPUT.format(dims="2 dim: 4 dim: 6 dim: 6") + body
-    net = Net.from_proto(__import__("tests.conftest", fromlist=["net_param"]).net_param(text))
+    net = Net.from_proto(net_param(text))
     conv, fc = net.impl(1), net.impl(2)
     bottoms, tops = net.layer_shapes("conv")
     assert conv.param_shapes(bottoms) == [(8, 2, 3, 3), (8,)]
@@ -234,7 +234,6 @@ def test_macs_and_parameter_shapes(tmp_path):
     ('type: "InnerProduct" inner_product_param { num_output: 4 axis: 5 }', "out of range"),
 ])
 def test_bad_parameters_name_the_layer(layer, message):
-    from conftest import net_param
     text = INPUT.format(dims="1 dim: 4 dim: 6 dim: 6") + f'layer {{ name: "bad" {layer} bottom: "data" top: "out" }}'
     with pytest.raises(NetError) as info:
         Net.from_proto(net_param(text)).shapes()

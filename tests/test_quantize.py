@@ -191,3 +191,21 @@ def test_lmdb_with_other_image_size_is_a_clear_error(tmp_path, capsys):
                               "--iterations", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "ip1" in err and "shape" in err
+
+
+def test_range_reading_default_versus_ristretto_after_forward():
+    net = Net.load(MODEL, WEIGHTS, phase="TRAIN")
+    batches = fetch_batches(net, 10)
+    raw, final = 0.0, 0.0
+
+    def keep(layer, bottoms, tops):
+        nonlocal raw
+        if layer.name == "ip1":
+            raw = max(raw, float(np.abs(tops[0]).max()))
+    runtime = NumpyRuntime(net)
+    for batch in batches:
+        final = max(final, float(np.abs(runtime.forward(batch, observer=keep)["ip1"]).max()))
+    true_output = ranges.analyze_ranges(net, batches)["ip1"].max_out
+    ristretto_reading = ranges.analyze_ranges(net, batches, after_forward=True)["ip1"].max_out
+    assert true_output == raw and ristretto_reading == final
+    assert raw > final         # a negative pre-activation is the largest magnitude here
