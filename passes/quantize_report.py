@@ -103,6 +103,14 @@ def summary_lines(result):
         lines += ["Dynamic fixed point net:", f"{chosen['conv_params']}bit CONV weights,",
                   f"{chosen['fc_params']}bit FC weights,", f"{chosen['activations']}bit layer activations:",
                   f"Accuracy: {result.final_score:g}"]
+    elif result.mode == "kmeans":
+        for stage, header in (("conv_params", "k-means CONV weights:"), ("fc_params", "k-means FC weights:")):
+            lines.append(header)
+            lines += [f"{c.bit_width}bit indices (K={2 ** c.bit_width}): \t{c.score:g}"
+                      for c in result.candidates if c.stage == stage]
+        lines += ["k-means net:", f"{result.chosen['conv_params']}bit CONV indices,",
+                  f"{result.chosen['fc_params']}bit FC indices (32 = not clustered):",
+                  f"Accuracy: {result.final_score:g}"]
     elif result.mode == "minifloat":
         lines.append("Minifloat net:")
         lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates]

@@ -61,7 +61,7 @@ class RistrettoQuantizer:
     def __init__(self, model, weights, iterations, trimming_mode, error_margin,
                  backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
                  seed=0, progress=True):
-        if trimming_mode not in MODES:
+        if trimming_mode not in MODES + ("kmeans",):
             raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
         if iterations < 1:
             raise ValueError("iterations must be at least 1")
@@ -100,9 +100,9 @@ class RistrettoQuantizer:
             self._test_batches = fetch_batches(net, self.iterations, seed=self.seed)
         return self._test_batches
 
-    def evaluate(self, param, description="evaluate", observer=None):
-        """Score (float32) of ``param`` in the TEST phase on the cached batches."""
-        net = self.build(param)
+    def evaluate(self, param, description="evaluate", observer=None, net=None):
+        """Score (float32) of ``param`` (or of a built TEST ``net``) on the cached batches."""
+        net = net if net is not None else self.build(param)
         backend = "numpy" if observer else self.backend
         runtime = make_runtime(net, backend, compat=self.compat, seed=self.seed)
         result = evaluate_classification(net, self.iterations, runtime=runtime,

@@ -209,3 +209,37 @@ def test_range_reading_default_versus_ristretto_after_forward():
     ristretto_reading = ranges.analyze_ranges(net, batches, after_forward=True)["ip1"].max_out
     assert true_output == raw and ristretto_reading == final
     assert raw > final         # a negative pre-activation is the largest magnitude here
+
+
+@pytest.mark.slow
+def test_kmeans_mode_searches_index_widths_and_writes_weights(tmp_path, capsys):
+    from ristretto_py.packed import net_with_packed
+    out, weights_out, packed = tmp_path / "k.prototxt", tmp_path / "k.caffemodel", tmp_path / "k.pack"
+    code = quantize_cli.main(["--model", str(MODEL), "--weights", str(WEIGHTS), "--model_quantized", str(out),
+                              "--weights_quantized", str(weights_out), "--packed", str(packed),
+                              "--trimming_mode", "kmeans", "--kmeans_scope", "type", "--error_margin", "1",
+                              "--iterations", "3", "--report", str(tmp_path / "r"), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    for stage in ("conv_params", "fc_params"):
+        cands = [c for c in report["candidates"] if c["stage"] == stage]
+        assert [c["bit_width"] for c in cands] == list(range(12, 12 - len(cands), -1))
+        assert all(c["passed"] for c in cands[:-1])
+        passed = [c["bit_width"] for c in cands if c["passed"]]
+        assert report["chosen"][stage] == (min(passed) if passed else 32)
+    assert report["weight_bytes_after"] < report["weight_bytes_before"] / 4
+    written = caffe_io.read_net_text(out)
+    original = caffe_io.read_net_text(MODEL)
+    assert [l.type for l in written.layer] == [l.type for l in original.layer]
+    net = Net.load(out, weights_out)
+    for layer in net.layers:
+        bits = {"Convolution": report["chosen"]["conv_params"], "InnerProduct": report["chosen"]["fc_params"]}.get(layer.type)
+        if bits and bits < 32:
+            # scope "type": one codebook for all layers of a type
+            same_type = np.concatenate([np.ravel(l.blobs[0]) for l in net.layers if l.type == layer.type])
+            assert len(np.unique(same_type)) <= 2 ** bits
+    rebuilt = net_with_packed(Net.load(out), packed)
+    for a, b in zip(net.layers, rebuilt.layers):
+        for x, y in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(x, y)
+    assert "k-means net:" in capsys.readouterr().out

@@ -20,7 +20,14 @@ def build_parser():
     add_model_arguments(parser, weights_required=True)
     parser.add_argument("--model_quantized", required=True, metavar="PROTOTXT",
                         help="where to write the quantized net description")
-    parser.add_argument("--trimming_mode", required=True, choices=MODES)
+    parser.add_argument("--trimming_mode", required=True, choices=MODES + ("kmeans",))
+    parser.add_argument("--weights_quantized", metavar="CAFFEMODEL",
+                        help="kmeans mode: where to write the clustered weights")
+    parser.add_argument("--packed", metavar="FILE", help="kmeans mode: also write the packed file")
+    parser.add_argument("--kmeans_scope", default="layer",
+                        help="kmeans mode: layer (default), global, type or regex:PATTERN")
+    parser.add_argument("--codebook", default="float32",
+                        help="kmeans mode: float32 (default), minifloat:E,M or fixed:BW")
     parser.add_argument("--error_margin", type=float, default=2.0,
                         help="allowed score drop in percentage points (default 2, as Ristretto)")
     parser.add_argument("--iterations", type=int, default=50,
@@ -44,6 +51,8 @@ def quantize_main(argv=None):
     if args.iterations < 1:
         raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
     check_output_path(args.model_quantized)
+    if args.trimming_mode == "kmeans":
+        return _kmeans(args)
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, args.trimming_mode, args.error_margin,
         backend=args.backend, compat=args.compat, integer_length=args.integer_length,
@@ -88,6 +97,42 @@ def _share(pair):
 
 def _share_value(value):
     return "-" if value is None else f"{value:.2%}"
+
+
+def _kmeans(args):
+    from ..packed import write_packed
+    from ..passes.kmeans import Codebook, compression
+    from ..passes.kmeans_search import search_kmeans
+    from ..passes.ristretto_edit import without_state
+    if not args.weights_quantized:
+        raise RistrettoError("--trimming_mode kmeans writes weights: give --weights_quantized")
+    codebook = Codebook.parse(args.codebook)
+    for path in filter(None, (args.weights_quantized, args.packed)):
+        check_output_path(path)
+    quantizer = RistrettoQuantizer(
+        args.model, args.weights, args.iterations, "kmeans", args.error_margin,
+        backend=args.backend, compat=args.compat, score_blob=args.score_blob, seed=args.seed,
+        progress=not args.quiet)
+    result, net, clusters = search_kmeans(quantizer, args.kmeans_scope, codebook, args.seed)
+    result.forward_passes = quantizer.forward_passes
+    _, total = compression(net, clusters, codebook.bit_width)
+    write_net_text(without_state(quantizer.param), args.model_quantized)
+    net.save(weights_path=args.weights_quantized)
+    if args.packed:
+        write_packed(args.packed, net, clusters)
+    for line in reports.summary_lines(result):
+        print(line)
+    before, after = total["bits_before"] // 8, -(-total["bits_after"] // 8)
+    print(f"Weights and biases: {before:,} bytes as float32 -> {after:,} bytes (r = {total['ratio']:.2f})")
+    print(f"Wrote {args.model_quantized} and {args.weights_quantized}"
+          + (f" and {args.packed}" if args.packed else ""))
+    if args.report:
+        settings = {"model": args.model, "weights": args.weights, "iterations": args.iterations,
+                    "error_margin": args.error_margin, "backend": args.backend,
+                    "kmeans_scope": args.kmeans_scope, "codebook": str(codebook), "seed": args.seed}
+        reports.write_report(args.report, reports.build_report(result, before, after, {}, {}, settings))
+        print(f"Wrote the report to {args.report}")
+    return 0
 
 
 def main(argv=None):

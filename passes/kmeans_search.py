@@ -1,0 +1,47 @@
+"""``tools/quantize --trimming_mode kmeans``: the number of k-means clusters searched like a bit
+width. Index widths from 12 bits down (K = 4096, 2048, ...) are tried for all Convolution weights
+(the rest float), stopping at the first failure, then the same for all InnerProduct weights, with
+Ristretto's margin rule; the smallest passing width of each part is kept (none: float) and the
+combination is scored once. The codebook scope (one per layer, per type, or one for all) and the
+codebook format are the user's; the prototxt does not change, the weights do."""
+from ristretto_py.passes.kmeans import Codebook, cluster_net
+
+from .ristretto_quantize import Candidate, QuantizeResult
+
+INDEX_BITS = tuple(range(12, 0, -1))
+STAGES = (("conv_params", ("Convolution",)), ("fc_params", ("InnerProduct",)))
+
+
+def search_kmeans(quantizer, scope="layer", codebook=Codebook(), seed=0):
+    """Run the search; returns (QuantizeResult, clustered TEST net, clusters)."""
+    quantizer.check_scoring()
+    float_net = quantizer.build(quantizer.param)
+    baseline = quantizer.evaluate(None, "float baseline", net=float_net)
+    candidates, chosen = [], {}
+    for stage, types in STAGES:
+        names = [l.name for l in float_net.layers if l.type in types and l.blobs]
+        chosen[stage] = None
+        if not names:
+            continue
+        for bits in INDEX_BITS:
+            net, _ = cluster_net(float_net, 2 ** bits, scope, names, codebook, seed)
+            score = quantizer.evaluate(None, f"{stage} k-means {bits}-bit", net=net)
+            ok = quantizer.passes(score, baseline)
+            candidates.append(Candidate(stage, bits, float(score), ok))
+            if not ok:
+                break
+            chosen[stage] = bits
+    clusters, net = [], float_net
+    for stage, types in STAGES:
+        bits = chosen[stage]
+        if bits is not None:
+            names = [l.name for l in float_net.layers if l.type in types and l.blobs]
+            net, part = cluster_net(net, 2 ** bits, scope, names, codebook, seed)
+            for cluster in part:      # codebook names stay unique across the two parts
+                cluster.name = f"{stage}/{cluster.name}"
+            clusters += part
+    score = quantizer.evaluate(None, "k-means net", net=net)
+    result = QuantizeResult("kmeans", float(baseline), candidates,
+                            {k: (32 if v is None else v) for k, v in chosen.items()}, float(score),
+                            quantizer.param, {}, {})
+    return result, net, clusters
