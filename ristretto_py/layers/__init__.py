@@ -3,5 +3,6 @@ from . import activation, sources  # noqa: F401
 from . import conv, pooling  # noqa: F401
 from . import normalization, elementwise, shape, loss  # noqa: F401
 from . import ssd  # noqa: F401
+from . import quantize  # noqa: F401
 from . import ristretto  # noqa: F401  (after conv: subclasses its layers)
 from .base import LayerImpl, known_types, register  # noqa: F401

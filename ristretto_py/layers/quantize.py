@@ -1,0 +1,50 @@
+"""ristretto-py's ActivationQuantize layer: a fixed uniform quantizer on a blob, written by the
+activation quantizer pass (``passes/weight_quantizers``) with constants calibrated on data.
+
+LINEAR: 2^bits levels over [low, high], ``low + round((clip(x) - low) / step) * step``.
+HWCE: ``floor(clip(x, -2^msb, 2^msb - step) / step) * step`` with ``step = 2^(msb+1) / 2^bits``.
+Rounding is half to even in numpy and in ONNX (``Round``), so both backends agree.
+"""
+import numpy as np
+
+from .base import LayerImpl, register
+
+
+@register
+class ActivationQuantize(LayerImpl):
+    type_name = "ActivationQuantize"
+
+    def setup(self, spec):
+        p = spec.activation_quantization_param
+        self.method = p.Method.Name(p.method)
+        self.bits = int(p.bits)
+        if not 1 <= self.bits <= 24:
+            raise self.error(f"bits must be 1 to 24, not {self.bits}")
+        if self.method == "LINEAR":
+            self.low, self.high = np.float32(p.low), np.float32(p.high)
+            if not self.high > self.low:
+                raise self.error(f"LINEAR needs high > low, got [{p.low}, {p.high}]")
+            self.step = np.float32((self.high - self.low) / np.float32(2 ** self.bits - 1))
+        else:
+            self.step = np.float32(2.0 ** (p.msb + 1) / 2 ** self.bits)
+            self.low, self.high = np.float32(-(2.0 ** p.msb)), np.float32(2.0 ** p.msb) - self.step
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, bottoms, blobs):
+        x = np.clip(np.asarray(bottoms[0], np.float32), self.low, self.high)
+        if self.method == "LINEAR":
+            return [(self.low + np.rint((x - self.low) / self.step) * self.step).astype(np.float32)]
+        return [(np.floor(x / self.step) * self.step).astype(np.float32)]
+
+    def export_onnx(self, graph, io):
+        clipped = graph.node("Clip", [io.bottoms[0], graph.scalar(self.low), graph.scalar(self.high)])[0]
+        if self.method == "LINEAR":
+            shifted = graph.node("Sub", [clipped, graph.scalar(self.low)])[0]
+            steps = graph.node("Round", [graph.node("Div", [shifted, graph.scalar(self.step)])[0]])[0]
+            scaled = graph.node("Mul", [steps, graph.scalar(self.step)])[0]
+            graph.node("Add", [scaled, graph.scalar(self.low)], io.tops)
+        else:
+            steps = graph.node("Floor", [graph.node("Div", [clipped, graph.scalar(self.step)])[0]])[0]
+            graph.node("Mul", [steps, graph.scalar(self.step)], io.tops)
