@@ -1,0 +1,125 @@
+"""``tools/evaluate_lfw``: LFW pair verification with a net's features (Euclidean distance,
+threshold from the dev pairs or the other folds), printing the mean fold accuracy ± standard
+error; ``--report`` adds ROC AUC, the equal error rate and plots."""
+import json
+import os
+import sys
+
+import numpy as np
+
+from ..atomic import atomic_output, write_text
+from ..errors import RistrettoError
+from ..evaluators import lfw
+from ..images import prepare_image, read_image
+from ..net import Net
+from ..runtime import BACKENDS, make_runtime
+from .common import add_model_arguments, make_parser, number_list, positive_int_pair, run
+
+PROG = "evaluate_lfw"
+
+
+def build_parser():
+    parser = make_parser(PROG, __doc__)
+    add_model_arguments(parser, weights_required=True)
+    parser.add_argument("--feature-blob", required=True, help="the blob whose values are the feature")
+    parser.add_argument("--lfw-root", required=True, help="folder of Name/Name_0001.jpg images")
+    parser.add_argument("--pairs", required=True, help="pairs.txt (10 folds)")
+    parser.add_argument("--dev", help="pairsDevTrain.txt: the threshold's training pairs (protocol dev)")
+    parser.add_argument("--protocol", choices=("folds", "dev"), default="folds")
+    parser.add_argument("--normalize", choices=("l2",), help="L2-normalise features first")
+    parser.add_argument("--resize", type=positive_int_pair, metavar="W,H")
+    parser.add_argument("--crop", type=positive_int_pair, metavar="W,H", help="centre crop after resizing")
+    parser.add_argument("--mean", type=number_list((1, 3), float, "numbers"), metavar="B,G,R")
+    parser.add_argument("--scale", type=float)
+    parser.add_argument("--gray", action="store_true")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    parser.add_argument("--report", metavar="DIR")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _preparer(args):
+    def prepare(path):
+        image = read_image(path, args.gray)
+        if args.resize:
+            import cv2
+            image = cv2.resize(image, tuple(args.resize), interpolation=cv2.INTER_LINEAR)
+        if args.crop:
+            width, height = args.crop
+            if height > image.shape[0] or width > image.shape[1]:
+                raise RistrettoError(f"--crop {width},{height} is larger than the "
+                                     f"{image.shape[1]}x{image.shape[0]} image", path=path)
+            top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+            image = image[top:top + height, left:left + width]
+        return prepare_image(image, None, args.mean, args.scale)
+    return prepare
+
+
+def lfw_main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.protocol == "dev" and not args.dev:
+        raise RistrettoError("--protocol dev takes its threshold from --dev pairsDevTrain.txt")
+    if args.batch < 1:
+        raise RistrettoError("--batch must be at least 1")
+    folds = lfw.read_pairs(args.pairs, expected_folds=10)
+    dev = lfw.read_dev_pairs(args.dev) if args.dev else []
+    net = Net.load(args.model, args.weights)
+    runtime = make_runtime(net, args.backend)
+    paths = sorted({lfw.image_path(args.lfw_root, *person) for pairs in folds + [dev]
+                    for pair in pairs for person in (pair.first, pair.second)})
+    features = lfw.extract_features(runtime, net.input_blobs[0], args.feature_blob, paths,
+                                    _preparer(args), args.batch, not args.quiet, args.normalize)
+    fold_d = [lfw.distances(pairs, features, args.lfw_root) for pairs in folds]
+    fold_s = [np.array([p.same for p in pairs]) for pairs in folds]
+    dev_data = (lfw.distances(dev, features, args.lfw_root), np.array([p.same for p in dev])) if dev else None
+    result = lfw.verify(fold_d, fold_s, args.protocol, dev_data)
+    print(f"LFW {args.protocol} protocol, {sum(len(f) for f in folds)} pairs, {len(paths)} images")
+    for i, (acc, threshold) in enumerate(zip(result.fold_accuracies, result.thresholds), 1):
+        print(f"fold {i:2d}: accuracy {acc:.4f} (threshold {threshold:.6g})")
+    print(f"accuracy = {result.mean:.4f} ± {result.standard_error:.4f} (standard error over "
+          f"{len(folds)} folds); ROC AUC {result.auc:.4f}, EER {result.eer:.4f}")
+    if args.report:
+        _write_report(args.report, result, np.concatenate(fold_d), np.concatenate(fold_s))
+        print(f"Wrote the report to {args.report}")
+    return 0
+
+
+def _write_report(directory, result, dist, same):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    os.makedirs(directory, exist_ok=True)
+    data = {"protocol": result.protocol, "mean_accuracy": result.mean,
+            "standard_error": result.standard_error, "fold_accuracies": result.fold_accuracies,
+            "thresholds": result.thresholds, "roc_auc": result.auc, "eer": result.eer}
+    write_text(os.path.join(directory, "report.json"), json.dumps(data, indent=2) + "\n")
+    fpr, tpr, _, _ = lfw.roc(dist, same)
+    for name, draw in (("roc.png", lambda ax: (ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], ":"),
+                                                 ax.set_xlabel("false positive rate"),
+                                                 ax.set_ylabel("true positive rate"))),
+                       ("distances.png", lambda ax: (ax.hist(dist[same], bins=40, alpha=0.6, label="same"),
+                                                     ax.hist(dist[~same], bins=40, alpha=0.6, label="different"),
+                                                     ax.set_xlabel("Euclidean distance"), ax.legend()))):
+        figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
+        draw(axes)
+        figure.tight_layout()
+        with atomic_output(os.path.join(directory, name)) as handle:
+            figure.savefig(handle, format="png", metadata={"Software": None})
+        plt.close(figure)
+    write_text(os.path.join(directory, "report.md"), "\n".join([
+        "# LFW pair verification", "",
+        f"Accuracy {result.mean:.4f} ± {result.standard_error:.4f} ({result.protocol} protocol), "
+        f"ROC AUC {result.auc:.4f}, EER {result.eer:.4f}.", "",
+        "| fold | accuracy | threshold |", "|---|---|---|",
+        *[f"| {i} | {a:.4f} | {t:.6g} |" for i, (a, t) in
+          enumerate(zip(result.fold_accuracies, result.thresholds), 1)],
+        "", "![ROC](roc.png)", "", "![distances](distances.png)", ""]))
+
+
+def main(argv=None):
+    return run(lfw_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
