@@ -292,3 +292,30 @@ def deconvolve(x, weight, bias, stride, pad, dilation, group):
     if bias is not None:
         y += as_f32(bias).reshape(1, -1, 1, 1)
     return y
+
+
+def convolve_indexed(x, indices, codebook, bias, stride, pad, dilation, group):
+    """A convolution whose weights are ``codebook[indices]`` (k-means weight sharing), computed
+    as an accelerator with a codebook would: for each output, the inputs that share a centroid
+    are summed first, then each of the K sums is multiplied once by its centroid. float64."""
+    x = np.asarray(x, np.float64)
+    indices = np.asarray(indices)
+    codebook = np.asarray(codebook, np.float64)
+    n, c = x.shape[:2]
+    out_channels, c_per_group, kh, kw = indices.shape
+    k = codebook.size
+    patches = im2col(x, (kh, kw), stride, pad, dilation)
+    ho, wo = patches.shape[-2:]
+    cols = patches.reshape(n, group, c_per_group * kh * kw, ho * wo)
+    per_group = out_channels // group
+    flat = indices.reshape(group, per_group, -1)
+    y = np.empty((n, group, per_group, ho * wo))
+    for g in range(group):
+        # one-hot selection (per_group * K, taps): row (o, k) sums the taps of centroid k
+        select = (flat[g][:, None, :] == np.arange(k)[None, :, None]).astype(np.float64)
+        sums = np.matmul(select.reshape(per_group * k, -1), cols[:, g])     # (N, per_group*K, P)
+        y[:, g] = np.einsum("nokp,k->nop", sums.reshape(n, per_group, k, -1), codebook)
+    y = y.reshape(n, out_channels, ho, wo)
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+    return y

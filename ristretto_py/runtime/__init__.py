@@ -1,12 +1,13 @@
 """Runtimes that execute a Net: the numpy reference and the onnxruntime backend."""
+from .fixed_backend import FixedRuntime
 from .numpy_backend import NumpyRuntime
 from .onnx_backend import OnnxRuntime
 
-BACKENDS = {"numpy": NumpyRuntime, "onnxruntime": OnnxRuntime}
+BACKENDS = {"numpy": NumpyRuntime, "onnxruntime": OnnxRuntime, "fixed": FixedRuntime}
 
 
 def make_runtime(net, backend="numpy", **options):
-    """A runtime for ``net`` by backend name (numpy | onnxruntime)."""
+    """A runtime for ``net`` by backend name (numpy | onnxruntime | fixed)."""
     try:
         cls = BACKENDS[backend]
     except KeyError:
@@ -14,4 +15,4 @@ def make_runtime(net, backend="numpy", **options):
     return cls(net, **options)
 
 
-__all__ = ["NumpyRuntime", "OnnxRuntime", "make_runtime", "BACKENDS"]
+__all__ = ["NumpyRuntime", "OnnxRuntime", "FixedRuntime", "make_runtime", "BACKENDS"]

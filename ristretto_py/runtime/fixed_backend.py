@@ -1,0 +1,216 @@
+"""The fixed-point kernel backend (``--backend fixed``): a dynamic-fixed-point net run on integers,
+as an accelerator runs it (DESIGN section 3).
+
+Blobs travel as int64 mantissas with a fractional length. A ConvolutionRistretto/FcRistretto
+layer turns its input and parameters into mantissas (Ristretto's trimming), multiplies exactly,
+sums in an accumulator of ``acc_bits`` (wrap or saturate; 64 = unbounded), adds the bias aligned
+by a shift, and shifts the sum to the output format with the layer's rounding and saturation.
+MAX pooling, ReLU, Eltwise and Concat work on mantissas (aligned to a common fractional length).
+Any other layer (AVE pooling, Softmax, Accuracy, ...) runs in float on the values.
+
+The result equals the float64 emulation of the Ristretto net wherever that emulation is exact.
+For every Ristretto layer the backend also runs Ristretto's own float32 emulation of the layer on
+the same input and counts the values where float32 accumulation gives a different result
+(``report``), and counts accumulator overflows.
+"""
+import dataclasses
+
+import numpy as np
+
+from .. import fixed_point as fx
+from ..errors import NetError, UnsupportedError
+from ..layers.base import RunContext, normalize_axis
+from ..layers.conv import im2col
+from ..precision import DYNAMIC_FIXED_POINT
+from .numpy_backend import feed_inputs
+
+INTEGER_TYPES = ("ConvolutionRistretto", "FcRistretto")
+EXACT_FLOAT64 = 2.0 ** 53
+
+
+@dataclasses.dataclass
+class LayerReport:
+    values: int = 0
+    float32_differs: int = 0
+    overflows: int = 0
+
+
+class FixedRuntime:
+    """Same interface as the other runtimes; ``report`` holds per-layer counts of the last run."""
+
+    name = "fixed"
+
+    def __init__(self, net, compat="gpu", seed=0, acc_bits=64, overflow="wrap"):
+        if not net.has_weights:
+            raise NetError("the net has layers without weights: load a caffemodel", path=net.source)
+        if not 8 <= acc_bits <= 64:
+            raise ValueError("accumulator width must be 8 to 64 bits")
+        for layer, impl in zip(net.layers, net.impls):
+            if layer.type in INTEGER_TYPES:
+                p = impl.precision
+                if p.precision != DYNAMIC_FIXED_POINT or p.rounding != "nearest":
+                    raise UnsupportedError("the fixed-point backend runs DYNAMIC_FIXED_POINT layers "
+                                           "with NEAREST rounding", path=net.source, layer=layer.name)
+                if p.bw_layer_in + p.bw_params > 62:
+                    raise UnsupportedError(f"{p.bw_layer_in}-bit inputs times {p.bw_params}-bit "
+                                           "weights do not fit 64-bit integer products",
+                                           path=net.source, layer=layer.name)
+        self.net, self.compat, self.acc_bits, self.overflow = net, compat, acc_bits, overflow
+        self.context = RunContext(compat, np.random.default_rng(seed))
+        self.report = {}
+
+    def forward(self, inputs, observer=None):
+        net = self.net
+        values = {name: (array, None) for name, array in feed_inputs(net, inputs).items()}
+        self.report = {}
+        for layer, impl in zip(net.layers, net.impls):
+            if impl.is_source:
+                continue
+            bottoms = [values[b] for b in layer.bottoms]
+            tops = self._run(layer, impl, bottoms)
+            for top, value in zip(layer.tops, tops):
+                values[top] = value
+            if observer is not None:
+                observer(layer, [_as_float(b) for b in bottoms], [_as_float(t) for t in tops])
+        return {name: _as_float(value) for name, value in values.items()}
+
+    # -- one layer ------------------------------------------------------------------------------
+    def _run(self, layer, impl, bottoms):
+        fixed = all(fl is not None for _, fl in bottoms)
+        if layer.type in INTEGER_TYPES:
+            return [self._ristretto(layer, impl, bottoms[0])]
+        if fixed and layer.type == "ReLU" and impl.negative_slope == 0:
+            m, fl = bottoms[0]
+            return [(np.maximum(m, 0), fl)]
+        if fixed and layer.type == "Pooling" and impl.method == "MAX" and not impl.global_pooling:
+            m, fl = bottoms[0]
+            pooled = impl.forward([m.astype(np.float64)], [])[0]     # max of integers: exact
+            return [(np.rint(pooled).astype(np.int64), fl)]
+        if fixed and layer.type in ("Concat", "Eltwise", "Split"):
+            return self._aligned(layer, impl, bottoms)
+        tops = impl.run([_as_float(b) for b in bottoms], layer.blobs, self.context)
+        return [(np.asarray(t, np.float32), None) for t in tops]
+
+    def _aligned(self, layer, impl, bottoms):
+        if layer.type == "Split":
+            return [bottoms[0]] * len(layer.tops)
+        if layer.type == "Eltwise" and (impl.operation == "PROD" or impl.coeff not in ([], [1.0] * len(bottoms))):
+            if impl.operation == "PROD":
+                m = bottoms[0][0]
+                for other, _ in bottoms[1:]:
+                    m = m * other
+                return [(m, sum(fl for _, fl in bottoms))]
+            return [(impl.forward([_as_float(b) for b in bottoms], [])[0], None)]
+        fl = max(f for _, f in bottoms)
+        parts = [fx.shift(m, f, fl) for m, f in bottoms]
+        if layer.type == "Concat":
+            axis = normalize_axis(impl.axis_param, parts[0].ndim, layer.name)
+            return [(np.concatenate(parts, axis=axis), fl)]
+        combine = np.maximum if impl.operation == "MAX" else np.add
+        result = parts[0]
+        for part in parts[1:]:
+            result = combine(result, part)
+        return [(result, fl)]
+
+    def _ristretto(self, layer, impl, bottom):
+        compat, p = self.compat, impl.precision
+        x, fl = bottom
+        if fl is None:
+            m_in = fx.to_mantissa(x, p.bw_layer_in, p.fl_layer_in, compat)
+        else:
+            m_in = fx.saturate(fx.shift(x, fl, p.fl_layer_in, compat), p.bw_layer_in)
+        m_w = fx.to_mantissa(layer.blobs[0], p.bw_params, p.fl_params, compat)
+        fl_acc = p.fl_layer_in + p.fl_params
+        common = max(fl_acc, p.fl_params)
+        acc, overflows = self._products(layer, impl, m_in, m_w)
+        acc = fx.shift(acc, fl_acc, common, compat)
+        if impl.bias_term:
+            m_b = fx.to_mantissa(layer.blobs[1], p.bw_params, p.fl_params, compat)
+            shape = (1, -1) + (1,) * (acc.ndim - 2)
+            acc = acc + fx.shift(m_b, p.fl_params, common, compat).reshape(shape)
+            if self.acc_bits < 64:
+                clipped = (fx.wrap(acc, self.acc_bits) if self.overflow == "wrap"
+                           else fx.saturate(acc, self.acc_bits))
+                overflows += int(np.count_nonzero(clipped != acc))
+                acc = clipped
+        m_out = fx.saturate(fx.shift(acc, common, p.fl_layer_out, compat), p.bw_layer_out)
+        # Ristretto's float32 emulation of the same layer on the same input, for the report.
+        value_in = fx.to_float(m_in, p.fl_layer_in)
+        reference = impl.run([value_in], layer.blobs, RunContext(compat, None))[0]
+        ours = fx.to_float(m_out, p.fl_layer_out)
+        self.report[layer.name] = LayerReport(int(ours.size), int(np.count_nonzero(ours != reference)),
+                                              overflows)
+        return m_out, p.fl_layer_out
+
+    def _products(self, layer, impl, m_in, m_w):
+        """Exact sums of products per output (int64) through the accumulator, and the count of
+        outputs the accumulator changed (wrap-around or saturation)."""
+        if layer.type == "FcRistretto":
+            axis = impl._axis(m_in.shape)
+            rows = m_in.reshape(int(np.prod(m_in.shape[:axis])), -1)
+            weights = m_w if impl.transpose else m_w.T            # (K, out)
+            sums = _exact_matmul(rows, weights)
+            out_shape = m_in.shape[:axis] + (impl.num_output,)
+
+            def terms(flat_index):
+                i, j = np.unravel_index(flat_index, sums.shape)
+                return rows[i] * weights[:, j].T
+        else:
+            n, g = m_in.shape[0], impl.group
+            o, cg, kh, kw = m_w.shape
+            cols = im2col(m_in, (kh, kw), impl.stride, impl.pad, impl.dilation)
+            ho, wo = cols.shape[-2:]
+            cols = cols.reshape(n, g, cg * kh * kw, ho * wo)
+            matrix = m_w.reshape(g, o // g, cg * kh * kw)
+            sums = np.stack([_exact_matmul(matrix[i], cols[:, i]) for i in range(g)], axis=1)
+            out_shape = (n, o, ho, wo)
+
+            def terms(flat_index):
+                b, gi, oi, pi = np.unravel_index(flat_index, sums.shape)
+                return cols[b, gi, :, pi] * matrix[gi, oi]
+        flat = sums.reshape(-1)
+        if self.acc_bits >= 64:
+            return flat.reshape(out_shape), 0
+        if self.overflow == "wrap":                   # order-free: wrap the exact sum once
+            wrapped = fx.wrap(flat, self.acc_bits)
+            return wrapped.reshape(out_shape), int(np.count_nonzero(wrapped != flat))
+        # Saturation depends on the order of the additions; partial sums can only leave the
+        # range where the sum of |terms| exceeds it, so only those outputs are summed in order.
+        high = (1 << (self.acc_bits - 1)) - 1
+        magnitude = _exact_bound(layer, impl, m_in, m_w).reshape(-1)
+        risky = np.flatnonzero(magnitude > high)
+        result = flat.copy()
+        for start in range(0, risky.size, 4096):
+            chunk = risky[start:start + 4096]
+            values, _ = fx.accumulate(terms(chunk), self.acc_bits, "saturate", axis=-1)
+            result[chunk] = values
+        return result.reshape(out_shape), int(np.count_nonzero(result != flat))
+
+
+def _exact_bound(layer, impl, m_in, m_w):
+    """Per output, the sum of |products| (bounds every partial sum)."""
+    if layer.type == "FcRistretto":
+        axis = impl._axis(m_in.shape)
+        rows = np.abs(m_in.reshape(int(np.prod(m_in.shape[:axis])), -1))
+        return _exact_matmul(rows, np.abs(m_w if impl.transpose else m_w.T))
+    n, g = m_in.shape[0], impl.group
+    o, cg, kh, kw = m_w.shape
+    cols = np.abs(im2col(m_in, (kh, kw), impl.stride, impl.pad, impl.dilation))
+    cols = cols.reshape(n, g, cg * kh * kw, -1)
+    matrix = np.abs(m_w).reshape(g, o // g, cg * kh * kw)
+    return np.stack([_exact_matmul(matrix[i], cols[:, i]) for i in range(g)], axis=1)
+
+
+def _exact_matmul(a, b):
+    """Integer matrix product: float64 BLAS where every partial sum stays below 2^53 (exact),
+    else int64."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).sum(axis=-2).max(initial=0))
+    if bound < EXACT_FLOAT64:
+        return np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
+    return np.matmul(a, b)
+
+
+def _as_float(value):
+    array, fl = value
+    return fx.to_float(array, fl) if fl is not None else np.asarray(array, np.float32)
