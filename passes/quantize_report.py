@@ -196,6 +196,15 @@ def _markdown(report):
              "## Candidates", "", "| stage | bits | score | passed |", "|---|---|---|---|"]
     lines += [f"| {c['stage']} | {c['bit_width']} | {c['score']:.4f} | {'yes' if c['passed'] else 'no'} |"
               for c in report["candidates"]]
+    cost = report.get("cost")
+    if cost:
+        t = cost["totals"]
+        lines += ["", "## Cost of the quantized net", "",
+                  f"Parameters {t['param_bytes']:,.0f} bytes, activation traffic "
+                  f"{t['traffic_bytes']:,.0f} bytes, {t['macs']:,} MACs.", "",
+                  "| layer | param bytes | traffic bytes | MACs | share of MACs |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['param_bytes']:,.0f} | {r['input_bytes'] + r['output_bytes']:,.0f} | "
+                  f"{r['macs']:,} | {r['mac_share']:.1%} |" for r in cost["layers"] if r["macs"] or r["param_bytes"]]
     lines += ["", "![score against bit width](score_vs_bits.png)", "", "## Layers", "",
               "| layer | max in | max out | il in/out/params | saturated in | saturated out | saturated params |",
               "|---|---|---|---|---|---|---|"]

@@ -135,6 +135,7 @@ def test_cli_safe_rule_minifloat_pow2_and_report(tmp_path, capsys):
         np.size(b) for layer in Net.load(MODEL, WEIGHTS).layers for b in layer.blobs)
     assert report["weight_bytes_after"] < report["weight_bytes_before"]
     assert (tmp_path / "report" / "score_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["cost"]["totals"]["param_bytes"] == report["weight_bytes_after"]
     assert "Dynamic fixed point net:" in capsys.readouterr().out
     for mode, precision in (("minifloat", caffe_pb2.QuantizationParameter.MINIFLOAT),
                             ("integer_power_of_2_weights",

@@ -64,6 +64,9 @@ def info_main(argv):
     parser.add_argument("--input-shape", type=input_shape, action="append", default=[],
                         metavar="BLOB=N,C,H,W",
                         help="count at another input shape (repeat for several inputs)")
+    parser.add_argument("--cost", action="store_true",
+                        help="also print the cost model: parameter bytes and activation traffic "
+                             "at the layers' precisions, MACs, and each layer's share")
     args = parser.parse_args(argv)
     net = Net.load(args.model, args.weights, input_shapes=dict(args.input_shape))
     unknown = [name for name, _ in args.input_shape if name not in net.input_blobs]
@@ -79,6 +82,11 @@ def info_main(argv):
     print(f"total params: {format_count(summary.params)}")
     print(f"total MACs: {format_count(summary.macs)}")
     print(f"parameter bytes (float32): {format_count(summary.param_bytes)}")
+    if args.cost:
+        from ..passes.cost import cost_table, format_cost, layer_costs
+        print()
+        print("cost model (bytes at each layer's precision):")
+        print(format_cost(*cost_table(layer_costs(net))))
     return 0
 
 

@@ -84,6 +84,7 @@ def quantize_main(argv=None):
                     "compat": args.compat, "integer_length": args.integer_length,
                     "seed": args.seed}
         report = reports.build_report(result, before, after, counts, param_shares, settings)
+        report["cost"] = _cost(quantizer, result.quantized)
         reports.write_report(args.report, report)
         print(f"Wrote the report to {args.report}")
     return 0
@@ -133,6 +134,13 @@ def _kmeans(args):
         reports.write_report(args.report, reports.build_report(result, before, after, {}, {}, settings))
         print(f"Wrote the report to {args.report}")
     return 0
+
+
+def _cost(quantizer, quantized):
+    """The cost model of the quantized TEST net (parameter bytes, traffic, MACs per layer)."""
+    from ..passes.cost import cost_table, layer_costs
+    table, totals = cost_table(layer_costs(quantizer.build(quantized)))
+    return {"layers": table, "totals": totals}
 
 
 def main(argv=None):

@@ -1,0 +1,102 @@
+"""A cost model for any net at any precision (LPDNN-style): per layer the parameter bytes
+(storage), the activation bytes it reads and writes (memory traffic across layer boundaries),
+its multiply-accumulates, and each layer's share of the totals.
+
+Bit widths come from the Ristretto layers' ``quantization_param`` (and ActivationQuantize
+layers): a Ristretto layer's parameters take ``param_bits`` (the bias stays float32 for
+power-of-two weights), its output takes ``bw_layer_out`` (mini-float: 1 + exp + mantissa bits);
+layers that only move or select values (ReLU, MAX pooling, Concat, Split, Flatten, Reshape,
+Dropout, Permute, Slice, Crop) keep their input's width; everything else is float32.
+"""
+import dataclasses
+
+import numpy as np
+
+from ristretto_py.precision import MINIFLOAT, POWER_OF_2
+
+FLOAT_BITS = 32
+PRESERVING = ("ReLU", "Concat", "Split", "Flatten", "Reshape", "Dropout", "Permute", "Slice", "Crop")
+RISTRETTO = ("ConvolutionRistretto", "FcRistretto", "DeconvolutionRistretto")
+
+
+@dataclasses.dataclass
+class LayerCost:
+    name: str
+    type: str
+    param_bytes: float
+    input_bytes: float
+    output_bytes: float
+    macs: int
+
+
+def _output_bits(layer, impl, input_bits):
+    if layer.type in RISTRETTO:
+        p = impl.precision
+        if p.precision == MINIFLOAT:
+            return 1 + p.exp_bits + p.mant_bits
+        return p.bw_layer_out
+    if layer.type == "ActivationQuantize":
+        return impl.bits
+    if layer.type in PRESERVING or (layer.type == "Pooling" and impl.method == "MAX"):
+        return max(input_bits) if input_bits else FLOAT_BITS
+    return FLOAT_BITS
+
+
+def _param_bits(layer, impl, count):
+    if layer.type not in RISTRETTO:
+        return [FLOAT_BITS] * count
+    p = impl.precision
+    bits = p.param_bits()
+    return [bits if (i == 0 or p.precision != POWER_OF_2) else FLOAT_BITS for i in range(count)]
+
+
+def layer_costs(net):
+    """LayerCost per layer (source layers included: they write the input)."""
+    shapes = net.shapes()
+    blob_bits, rows = {}, []
+    for layer, impl in zip(net.layers, net.impls):
+        bottom_shapes, top_shapes = net.layer_shapes(layer.name)
+        in_bits = [blob_bits.get(b, FLOAT_BITS) for b in layer.bottoms]
+        out_bits = _output_bits(layer, impl, in_bits)
+        if layer.type in RISTRETTO and impl.precision.trims_activations("gpu"):
+            in_bits = [1 + impl.precision.exp_bits + impl.precision.mant_bits
+                       if impl.precision.precision == MINIFLOAT else impl.precision.bw_layer_in] * len(in_bits)
+        param_shapes = impl.param_shapes(bottom_shapes)
+        params = sum(int(np.prod(shape)) * bits for shape, bits in
+                     zip(param_shapes, _param_bits(layer, impl, len(param_shapes))))
+        reads = sum(int(np.prod(shapes[b])) * bits for b, bits in zip(layer.bottoms, in_bits))
+        writes = sum(int(np.prod(s)) * out_bits for s in top_shapes)
+        for top in layer.tops:
+            blob_bits[top] = out_bits
+        macs = 0 if impl.is_source else int(impl.macs(bottom_shapes, top_shapes))
+        rows.append(LayerCost(layer.name, layer.type, params / 8, reads / 8, writes / 8, macs))
+    return rows
+
+
+def cost_table(rows):
+    """Rows of dicts with the shares of each layer, plus the totals."""
+    totals = {"param_bytes": sum(r.param_bytes for r in rows),
+              "traffic_bytes": sum(r.input_bytes + r.output_bytes for r in rows),
+              "macs": sum(r.macs for r in rows)}
+
+    def share(value, total):
+        return value / total if total else 0.0
+    table = [{"layer": r.name, "type": r.type, "param_bytes": r.param_bytes,
+              "input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "macs": r.macs,
+              "param_share": share(r.param_bytes, totals["param_bytes"]),
+              "traffic_share": share(r.input_bytes + r.output_bytes, totals["traffic_bytes"]),
+              "mac_share": share(r.macs, totals["macs"])} for r in rows]
+    return table, totals
+
+
+def format_cost(table, totals):
+    header = f"{'layer':24s} {'type':22s} {'param B':>12s} {'in B':>12s} {'out B':>12s} {'MACs':>14s} {'params':>7s} {'traffic':>8s} {'MACs':>6s}"
+    lines = [header, "-" * len(header)]
+    for r in table:
+        lines.append(f"{r['layer'][:24]:24s} {r['type'][:22]:22s} {r['param_bytes']:12,.0f} "
+                     f"{r['input_bytes']:12,.0f} {r['output_bytes']:12,.0f} {r['macs']:14,d} "
+                     f"{r['param_share']:7.1%} {r['traffic_share']:8.1%} {r['mac_share']:6.1%}")
+    lines.append("-" * len(header))
+    lines.append(f"total: parameters {totals['param_bytes']:,.0f} bytes, activation traffic "
+                 f"{totals['traffic_bytes']:,.0f} bytes, {totals['macs']:,d} MACs")
+    return "\n".join(lines)
