@@ -118,3 +118,23 @@ def without_state(param):
     edited = _copy(param)
     edited.ClearField("state")
     return edited
+
+
+def per_layer_dynamic_fixed_point(param, lengths, widths):
+    """Dynamic fixed point chosen per layer: ``widths`` maps a layer name to
+    (bw_params, bw_activations), either None to leave that part at Ristretto's defaults; the
+    layer becomes ConvolutionRistretto/FcRistretto with the fields of the parts set."""
+    edited = _copy(param)
+    for layer in edited.layer:
+        if layer.name not in widths:
+            continue
+        bw_params, bw_act = widths[layer.name]
+        il = _lengths(lengths, layer)
+        layer.type = CONV if "Convolution" in layer.type else FC
+        q = layer.quantization_param
+        if bw_params is not None:
+            q.bw_params, q.fl_params = bw_params, bw_params - il.params
+        if bw_act is not None:
+            q.bw_layer_in, q.fl_layer_in = bw_act, bw_act - il.layer_in
+            q.bw_layer_out, q.fl_layer_out = bw_act, bw_act - il.layer_out
+    return edited

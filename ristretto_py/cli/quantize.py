@@ -35,9 +35,15 @@ def build_parser():
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
     parser.add_argument("--compat", choices=COMPAT_MODES, default="gpu",
                         help="Ristretto build to reproduce: gpu (documented semantics) or cpu")
-    parser.add_argument("--integer_length", choices=RULES, default="ristretto",
-                        help="ristretto: its rules (activations one bit short); safe: the "
-                             "observed maximum never clips and the bias counts")
+    parser.add_argument("--integer_length", choices=RULES, default=None,
+                        help="ristretto (default of the uniform search): its rules, activations "
+                             "one bit short; safe (default of --search per_layer): the observed "
+                             "maximum never clips and the bias counts")
+    parser.add_argument("--search", choices=("uniform", "per_layer"), default="uniform",
+                        help="uniform: Ristretto's search; per_layer: then lower each layer's "
+                             "widths in sensitivity order (dynamic_fixed_point only)")
+    parser.add_argument("--score", choices=("accuracy", "agreement"), default="accuracy",
+                        help="per_layer: agreement = share of top-1 equal to the float net's")
     parser.add_argument("--score_blob", default=None,
                         help="output blob to score (default: the first scalar output)")
     parser.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding/sampling")
@@ -51,8 +57,15 @@ def quantize_main(argv=None):
     if args.iterations < 1:
         raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
     check_output_path(args.model_quantized)
+    if args.integer_length is None:
+        args.integer_length = "safe" if args.search == "per_layer" else "ristretto"
     if args.trimming_mode == "kmeans":
         return _kmeans(args)
+    if args.search == "per_layer":
+        if args.trimming_mode != "dynamic_fixed_point":
+            raise RistrettoError("--search per_layer works on dynamic_fixed_point")
+        from .quantize_per_layer import run_per_layer
+        return run_per_layer(args)
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, args.trimming_mode, args.error_margin,
         backend=args.backend, compat=args.compat, integer_length=args.integer_length,

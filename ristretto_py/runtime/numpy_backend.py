@@ -26,18 +26,47 @@ class NumpyRuntime:
         Returns a dict of every named blob (for in-place blobs, the last value written).
         ``observer(layer, bottoms, tops)``, if given, sees each layer's arrays as it runs.
         """
+        return self._run(feed_inputs(self.net, inputs), 0, observer, reuse=True)
+
+    def record(self, inputs, indices):
+        """Run the net and keep, for each layer index in ``indices``, the blobs as they were just
+        before that layer ran (no array is overwritten in this run, so the snapshots stay valid).
+        Returns (blobs, {index: snapshot}); ``resume`` continues from a snapshot."""
+        snapshots = {}
+        blobs = self._run(feed_inputs(self.net, inputs), 0, None, reuse=False,
+                          snapshots=(set(indices), snapshots))
+        return blobs, snapshots
+
+    def resume(self, snapshot, start, observer=None, record=None):
+        """Run layers ``start``... of the net from a snapshot of another run of a net whose
+        layers before ``start`` compute the same (search caches use it: only the changed
+        suffix is recomputed). The snapshot's arrays are never written to. With ``record``
+        (layer indices), returns (blobs, snapshots) as ``record`` does."""
+        if record is not None:
+            snapshots = {}
+            blobs = self._run(dict(snapshot), start, observer, reuse=False,
+                              snapshots=(set(record), snapshots))
+            return blobs, snapshots
+        return self._run(dict(snapshot), start, observer, reuse=True,
+                         foreign=set(map(id, snapshot.values())))
+
+    def _run(self, blobs, start, observer, reuse, snapshots=None, foreign=frozenset()):
         net = self.net
-        blobs = feed_inputs(net, inputs)
-        for index, layer in enumerate(net.layers):
-            impl = net.impl(index)
+        for index in range(start, len(net.layers)):
+            layer, impl = net.layers[index], net.impl(index)
+            if snapshots is not None and index in snapshots[0]:
+                snapshots[1][index] = dict(blobs)
             if impl.is_source:
                 continue
             bottoms = [blobs[b] for b in layer.bottoms]
-            self.context.reuse = _reusable(layer, blobs)
+            candidate = _reusable(layer, blobs) if reuse else None
+            self.context.reuse = None if candidate is None or id(candidate) in foreign else candidate
             try:
                 tops = impl.run(bottoms, layer.blobs, self.context)
             except RistrettoError as exc:
                 raise exc.with_context(path=net.source, layer=layer.name)
+            finally:
+                self.context.reuse = None
             for top, value in zip(layer.tops, tops):
                 blobs[top] = np.asarray(value, dtype=np.float32) if value.dtype != np.float32 else value
             if observer is not None:

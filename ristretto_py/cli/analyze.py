@@ -1,0 +1,100 @@
+"""``tools/analyze``: sensitivity analysis. Quantizes one Convolution/InnerProduct layer at a time
+(its weights, or its activations) to each candidate width, the rest float, and reports the score
+and the L2 (Frobenius) distance of every later blob to the float net's, averaged over images;
+``--report`` writes the table as JSON and a heat map (PNG)."""
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+from ..atomic import atomic_output, write_text
+from ..errors import RistrettoError
+from ..passes import ranges, ristretto_edit
+from ..passes.ranges import RULES
+from ..passes.ristretto_quantize import RistrettoQuantizer
+from ..passes.sensitivity import CachedEvaluator, analyze
+from .common import add_model_arguments, make_parser, number_list, run
+
+PROG = "analyze"
+
+
+def build_parser():
+    parser = make_parser(PROG, __doc__)
+    add_model_arguments(parser, weights_required=True)
+    parser.add_argument("--trimming_mode", default="dynamic_fixed_point", choices=("dynamic_fixed_point",))
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--widths", type=number_list(tuple(range(1, 33)), int, "integers"),
+                        default=(16, 8, 6, 4, 2), help="candidate bit widths (default 16,8,6,4,2)")
+    parser.add_argument("--parts", default="weights,activations",
+                        help="weights, activations or both (comma-separated)")
+    parser.add_argument("--integer_length", choices=RULES, default="safe")
+    parser.add_argument("--score", choices=("accuracy", "agreement"), default="accuracy")
+    parser.add_argument("--report", metavar="DIR")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def analyze_main(argv=None):
+    args = build_parser().parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if not parts or set(parts) - {"weights", "activations"}:
+        raise RistrettoError(f"--parts {args.parts!r}: use weights, activations or both")
+    if min(args.widths) < 1:
+        raise RistrettoError("--widths must be positive")
+    quantizer = RistrettoQuantizer(args.model, args.weights, args.iterations, args.trimming_mode, 0,
+                                   integer_length=args.integer_length, progress=not args.quiet)
+    quantizer.check_scoring()
+    train = quantizer.build(quantizer.param, "TRAIN")
+    from ..evaluators.classification import fetch_batches
+    found = ranges.analyze_ranges(train, fetch_batches(train, 10), progress=not args.quiet)
+    lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, args.integer_length))
+               for k, v in found.items()}
+    evaluator = CachedEvaluator(quantizer, lengths, args.score, progress=not args.quiet)
+    baseline = evaluator.score(evaluator.float_blobs)
+    rows = analyze(evaluator, tuple(args.widths), parts)
+    last = evaluator.logits or list(rows[0].distances)[-1]
+    print(f"float score ({args.score}): {baseline:g}")
+    print(f"{'layer':20s} {'part':12s} {'bits':>4s} {'score':>8s} {'L2 to float at ' + last:>28s}")
+    for r in rows:
+        print(f"{r.layer:20s} {r.part:12s} {r.bits:4d} {r.score:8.4f} {r.distances.get(last, float('nan')):28.4g}")
+    if args.report:
+        _report(args.report, baseline, rows)
+        print(f"Wrote the report to {args.report}")
+    return 0
+
+
+def _report(directory, baseline, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    os.makedirs(directory, exist_ok=True)
+    write_text(os.path.join(directory, "sensitivity.json"), json.dumps(
+        {"float_score": baseline, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
+    blobs = []
+    for r in rows:
+        blobs += [b for b in r.distances if b not in blobs]
+    grid = np.full((len(rows), len(blobs)), np.nan)
+    for i, r in enumerate(rows):
+        for j, b in enumerate(blobs):
+            if b in r.distances:
+                grid[i, j] = np.log10(max(r.distances[b], 1e-12))
+    figure, axes = plt.subplots(figsize=(1 + 0.6 * len(blobs), 1 + 0.25 * len(rows)), dpi=100)
+    image = axes.imshow(grid, aspect="auto", cmap="viridis")
+    axes.set_xticks(range(len(blobs)), blobs, rotation=60, ha="right", fontsize="small")
+    axes.set_yticks(range(len(rows)), [f"{r.layer} {r.part[0]}{r.bits} ({r.score:.3f})" for r in rows],
+                    fontsize="x-small")
+    figure.colorbar(image, label="log10 mean L2 distance to float")
+    figure.tight_layout()
+    with atomic_output(os.path.join(directory, "sensitivity.png")) as handle:
+        figure.savefig(handle, format="png", metadata={"Software": None})
+    plt.close(figure)
+
+
+def main(argv=None):
+    return run(analyze_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
