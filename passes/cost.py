@@ -2,8 +2,8 @@
 (storage), the activation bytes it reads and writes (memory traffic across layer boundaries),
 its multiply-accumulates, and each layer's share of the totals.
 
-Bit widths come from the Ristretto layers' ``quantization_param`` (and ActivationQuantize
-layers): a Ristretto layer's parameters take ``param_bits`` (the bias stays float32 for
+Bit widths come from the Ristretto layers' ``quantization_param`` (and ActivationQuantize and
+ConvolutionHWCE layers): a Ristretto layer's parameters take ``param_bits`` (the bias stays float32 for
 power-of-two weights), its output takes ``bw_layer_out`` (mini-float: 1 + exp + mantissa bits);
 layers that only move or select values (ReLU, MAX pooling, Concat, Split, Flatten, Reshape,
 Dropout, Permute, Slice, Crop) keep their input's width; everything else is float32.
@@ -37,12 +37,16 @@ def _output_bits(layer, impl, input_bits):
         return p.bw_layer_out
     if layer.type == "ActivationQuantize":
         return impl.bits
+    if layer.type == "ConvolutionHWCE":
+        return impl.bits["output"]
     if layer.type in PRESERVING or (layer.type == "Pooling" and impl.method == "MAX"):
         return max(input_bits) if input_bits else FLOAT_BITS
     return FLOAT_BITS
 
 
 def _param_bits(layer, impl, count):
+    if layer.type == "ConvolutionHWCE":      # quantclipped kernel, float bias
+        return [impl.bits["kernel"]] + [FLOAT_BITS] * (count - 1)
     if layer.type not in RISTRETTO:
         return [FLOAT_BITS] * count
     p = impl.precision
@@ -58,7 +62,9 @@ def layer_costs(net):
         bottom_shapes, top_shapes = net.layer_shapes(layer.name)
         in_bits = [blob_bits.get(b, FLOAT_BITS) for b in layer.bottoms]
         out_bits = _output_bits(layer, impl, in_bits)
-        if layer.type in RISTRETTO and impl.precision.trims_activations("gpu"):
+        if layer.type == "ConvolutionHWCE":
+            in_bits = [impl.bits["input"]] * len(in_bits)
+        elif layer.type in RISTRETTO and impl.precision.trims_activations("gpu"):
             in_bits = [1 + impl.precision.exp_bits + impl.precision.mant_bits
                        if impl.precision.precision == MINIFLOAT else impl.precision.bw_layer_in] * len(in_bits)
         param_shapes = impl.param_shapes(bottom_shapes)

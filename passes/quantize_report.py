@@ -111,6 +111,14 @@ def summary_lines(result):
         lines += ["k-means net:", f"{result.chosen['conv_params']}bit CONV indices,",
                   f"{result.chosen['fc_params']}bit FC indices (32 = not clustered):",
                   f"Accuracy: {result.final_score:g}"]
+    elif result.mode == "hwce":
+        for stage, header in (("kernels", "HWCE kernels (signals 16-bit):"),
+                              ("activations", "HWCE layer inputs/outputs (kernels 16-bit):")):
+            lines.append(header)
+            lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates if c.stage == stage]
+        lines += ["HWCE net:", f"{result.chosen['kernels']}bit kernels,",
+                  f"{result.chosen['activations']}bit layer inputs/outputs:",
+                  f"Accuracy: {result.final_score:g}"]
     elif result.mode == "minifloat":
         lines.append("Minifloat net:")
         lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates]

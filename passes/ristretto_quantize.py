@@ -61,7 +61,7 @@ class RistrettoQuantizer:
     def __init__(self, model, weights, iterations, trimming_mode, error_margin,
                  backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
                  seed=0, progress=True):
-        if trimming_mode not in MODES + ("kmeans",):
+        if trimming_mode not in MODES + ("kmeans", "hwce"):
             raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
         if iterations < 1:
             raise ValueError("iterations must be at least 1")

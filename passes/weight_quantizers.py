@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ristretto_py import numerics
 from ristretto_py.errors import RistrettoError
 
 FLOAT_BITS = 32
@@ -85,9 +86,7 @@ class Quantizer:
             step = (high - low) / (2 ** self.bits - 1)
             q = low + np.rint((np.clip(x, low, high) - low) / step) * step
         elif self.kind == "hwce":
-            msb = constants["msb"]
-            step = 2.0 ** (msb + 1) / 2 ** self.bits
-            q = np.floor(np.clip(x, -2.0 ** msb, 2.0 ** msb - step) / step) * step
+            return numerics.quantclip(values, constants["msb"], self.bits)
         elif self.kind == "binary":
             q = np.where(x >= 0, 1.0, -1.0)
         elif self.kind == "scaled_binary":

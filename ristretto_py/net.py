@@ -331,8 +331,8 @@ class Net:
 
 
 def _compatible_types(stored, declared):
-    # Ristretto layers hold the weights of their float originals and the other way round.
-    strip = lambda t: t.replace("Ristretto", "").replace("Fc", "InnerProduct")
+    # Ristretto (and HWCE) layers hold the weights of their float originals and the other way round.
+    strip = lambda t: t.replace("Ristretto", "").replace("HWCE", "").replace("Fc", "InnerProduct")
     return strip(stored) == strip(declared)
 
 

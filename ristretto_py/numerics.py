@@ -117,3 +117,12 @@ def minifloat_range(exp_bits, mant_bits):
     bias = 2 ** (exp_bits - 1) - 1
     largest = (2.0 - 2.0 ** -mant_bits) * 2.0 ** (2 ** exp_bits - 1 - bias)
     return 2.0 ** -bias, largest
+
+
+def quantclip(x, msb, bits):
+    """PULP HWCE's clip-and-floor (DESIGN section 3): clip to [-2^msb, 2^msb - q], then
+    floor(x / q) * q with the step q = 2^(msb + 1) / 2^bits. All steps are exact in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    step = np.float32(2.0 ** (msb + 1 - bits))
+    clipped = np.clip(x, np.float32(-(2.0 ** msb)), np.float32(2.0 ** msb) - step)
+    return (np.floor(clipped / step) * step).astype(np.float32)

@@ -20,7 +20,10 @@ def build_parser():
     add_model_arguments(parser, weights_required=True)
     parser.add_argument("--model_quantized", required=True, metavar="PROTOTXT",
                         help="where to write the quantized net description")
-    parser.add_argument("--trimming_mode", required=True, choices=MODES + ("kmeans",))
+    parser.add_argument("--trimming_mode", required=True, choices=MODES + ("kmeans", "hwce"))
+    parser.add_argument("--percentile", type=float, default=99.99,
+                        help="hwce mode: MSBs from this percentile of |x| (default 99.99)")
+    parser.add_argument("--msb", type=int, help="hwce mode: one fixed MSB exponent for every signal")
     parser.add_argument("--weights_quantized", metavar="CAFFEMODEL",
                         help="kmeans mode: where to write the clustered weights")
     parser.add_argument("--packed", metavar="FILE", help="kmeans mode: also write the packed file")
@@ -61,6 +64,8 @@ def quantize_main(argv=None):
         args.integer_length = "safe" if args.search == "per_layer" else "ristretto"
     if args.trimming_mode == "kmeans":
         return _kmeans(args)
+    if args.trimming_mode == "hwce":
+        return _hwce(args)
     if args.search == "per_layer":
         if args.trimming_mode != "dynamic_fixed_point":
             raise RistrettoError("--search per_layer works on dynamic_fixed_point")
@@ -145,6 +150,33 @@ def _kmeans(args):
                     "error_margin": args.error_margin, "backend": args.backend,
                     "kmeans_scope": args.kmeans_scope, "codebook": str(codebook), "seed": args.seed}
         reports.write_report(args.report, reports.build_report(result, before, after, {}, {}, settings))
+        print(f"Wrote the report to {args.report}")
+    return 0
+
+
+def _hwce(args):
+    from ..passes.hwce_search import search_hwce
+    if not 0 < args.percentile <= 100:
+        raise RistrettoError(f"--percentile must be in (0, 100], not {args.percentile}")
+    quantizer = RistrettoQuantizer(
+        args.model, args.weights, args.iterations, "hwce", args.error_margin,
+        backend=args.backend, compat=args.compat, score_blob=args.score_blob, seed=args.seed,
+        progress=not args.quiet)
+    result, msbs = search_hwce(quantizer, args.percentile, args.msb)
+    write_net_text(result.quantized, args.model_quantized)
+    for line in reports.summary_lines(result):
+        print(line)
+    for name, m in msbs.items():
+        print(f"  {name}: MSB kernel {m['kernel']}, input {m['input']}, output {m['output']}")
+    print(f"Wrote {args.model_quantized}")
+    if args.report:
+        settings = {"model": args.model, "weights": args.weights, "iterations": args.iterations,
+                    "error_margin": args.error_margin, "percentile": args.percentile, "msb": args.msb}
+        report = reports.build_report(result, 0, 0, {}, {}, settings)
+        report["msbs"] = msbs
+        report["cost"] = _cost(quantizer, result.quantized)
+        report["weight_bytes_before"] = report["cost"]["totals"]["param_bytes"]
+        reports.write_report(args.report, report)
         print(f"Wrote the report to {args.report}")
     return 0
 

@@ -7,6 +7,7 @@ Rounding is half to even in numpy and in ONNX (``Round``), so both backends agre
 """
 import numpy as np
 
+from .. import numerics
 from .base import LayerImpl, register
 
 
@@ -26,6 +27,7 @@ class ActivationQuantize(LayerImpl):
                 raise self.error(f"LINEAR needs high > low, got [{p.low}, {p.high}]")
             self.step = np.float32((self.high - self.low) / np.float32(2 ** self.bits - 1))
         else:
+            self.msb = int(p.msb)
             self.step = np.float32(2.0 ** (p.msb + 1) / 2 ** self.bits)
             self.low, self.high = np.float32(-(2.0 ** p.msb)), np.float32(2.0 ** p.msb) - self.step
 
@@ -36,7 +38,7 @@ class ActivationQuantize(LayerImpl):
         x = np.clip(np.asarray(bottoms[0], np.float32), self.low, self.high)
         if self.method == "LINEAR":
             return [(self.low + np.rint((x - self.low) / self.step) * self.step).astype(np.float32)]
-        return [(np.floor(x / self.step) * self.step).astype(np.float32)]
+        return [numerics.quantclip(bottoms[0], self.msb, self.bits)]
 
     def export_onnx(self, graph, io):
         clipped = graph.node("Clip", [io.bottoms[0], graph.scalar(self.low), graph.scalar(self.high)])[0]
