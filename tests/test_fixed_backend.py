@@ -149,3 +149,62 @@ def test_refuses_what_integers_cannot_run(tmp_path):
             'quantization_param { precision: MINIFLOAT } }')
     with pytest.raises(UnsupportedError, match="DYNAMIC_FIXED_POINT"):
         FixedRuntime(Net.from_proto(net_param(text, {"fc": [np.ones((1, 4))]})))
+
+
+def _conv64_general(x, w, b, stride, pad):
+    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))
+    windows = windows[:, :, ::stride[0], ::stride[1]]
+    return np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2) + b.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.slow
+def test_folded_open_nsfw_in_dynamic_fixed_point(real_models):
+    import cv2
+    from ristretto_py.passes.fold_bn import fold_batchnorm
+    files = real_models("open_nsfw")
+    folded, _ = fold_batchnorm(Net.load(files.prototxt, files.caffemodel))
+    image = cv2.imread(str(real_models("mtcnn_pnet").images[0]))
+    x = cv2.dnn.blobFromImage(image, 1.0, (224, 224), (104, 117, 123))
+    found = ranges.analyze_ranges(folded, [{"data": x}])
+    lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, "safe")) for k, v in found.items()}
+    widths = {name: (8, 8) for name in found}
+    param = ristretto_edit.per_layer_dynamic_fixed_point(folded.to_proto(), lengths, widths)
+    net = Net.from_proto(param, folded.to_proto(include_blobs=True))
+    runtime = FixedRuntime(net)
+    seen = {}
+
+    def keep(layer, bottoms, tops):
+        if layer.type == "ConvolutionRistretto":
+            seen[layer.name] = (bottoms[0].astype(np.float64), tops[0].copy())
+    runtime.forward({"data": x}, observer=keep)
+    # an independent float64 emulation of every Ristretto layer on the same input values
+    for layer, impl in zip(net.layers, net.impls):
+        if layer.type != "ConvolutionRistretto":
+            continue
+        q = layer.spec.quantization_param
+        bottom, got = seen[layer.name]
+        xin = _trim64(bottom, q.bw_layer_in, q.fl_layer_in)
+        w = _trim64(layer.blobs[0], q.bw_params, q.fl_params)
+        b = _trim64(layer.blobs[1], q.bw_params, q.fl_params)
+        expected = _trim64(_conv64_general(xin, w, b, impl.stride, impl.pad), q.bw_layer_out, q.fl_layer_out)
+        np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=layer.name)
+    assert len(seen) == 53
+    assert sum(r.overflows for r in runtime.report.values()) == 0
+    print({name: r.float32_differs for name, r in runtime.report.items() if r.float32_differs})
+
+
+def test_evaluate_with_the_fixed_backend(dfp_net, tmp_path, capsys, monkeypatch):
+    from ristretto_py.cli import evaluate
+    net, _ = dfp_net
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "dfp.prototxt"
+    caffe_io.write_net_text(net.to_proto(), path)
+    args = ["--model", str(path), "--weights", str(WEIGHTS), "--iterations", "2", "--quiet"]
+    assert evaluate.main(args + ["--json"]) == 0
+    numpy_scores = capsys.readouterr().out
+    assert evaluate.main(args + ["--json", "--backend", "fixed"]) == 0
+    assert capsys.readouterr().out.replace('"fixed"', '"numpy"') == numpy_scores
+    assert evaluate.main(args + ["--backend", "fixed", "--acc-bits", "12", "--overflow", "saturate"]) == 0
+    assert "accumulator overflows" in capsys.readouterr().out
+    assert evaluate.main(args + ["--backend", "fixed", "--acc-bits", "4"]) == 2

@@ -135,3 +135,25 @@ def format_count(value):
         if value >= limit:
             return f"{value:,} ({value / limit:.2f}{suffix})"
     return f"{value:,}"
+
+
+def add_fixed_point_arguments(parser):
+    """``--acc-bits`` and ``--overflow`` for ``--backend fixed``."""
+    parser.add_argument("--acc-bits", type=int, default=64, metavar="BITS",
+                        help="--backend fixed: accumulator width (8-64, default 64)")
+    parser.add_argument("--overflow", choices=("wrap", "saturate"), default="wrap",
+                        help="--backend fixed: what the accumulator does on overflow")
+
+
+def runtime_options(args):
+    """Keyword options of make_runtime for the parsed flags."""
+    options = {}
+    if getattr(args, "compat", None):
+        options["compat"] = args.compat
+    if getattr(args, "seed", None) is not None:
+        options["seed"] = args.seed
+    if args.backend == "fixed":
+        if not 8 <= args.acc_bits <= 64:
+            raise RistrettoError(f"--acc-bits must be 8 to 64, not {args.acc_bits}")
+        options.update(acc_bits=args.acc_bits, overflow=args.overflow)
+    return options

@@ -11,7 +11,7 @@ from ..evaluators.classification import evaluate_classification
 from ..net import Net
 from ..numerics import COMPAT_MODES
 from ..runtime import BACKENDS, make_runtime
-from .common import add_model_arguments, make_parser, run
+from .common import add_fixed_point_arguments, add_model_arguments, make_parser, run, runtime_options
 
 PROG = "evaluate"
 
@@ -21,6 +21,7 @@ def build_parser():
     add_model_arguments(parser, weights_required=True)
     parser.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    add_fixed_point_arguments(parser)
     parser.add_argument("--compat", choices=COMPAT_MODES, default="gpu",
                         help="Ristretto build whose trimming to reproduce")
     parser.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST")
@@ -35,7 +36,7 @@ def evaluate_main(argv=None):
     if args.iterations < 1:
         raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
     net = Net.load(args.model, args.weights, phase=args.phase)
-    runtime = make_runtime(net, args.backend, compat=args.compat, seed=args.seed)
+    runtime = make_runtime(net, args.backend, **runtime_options(args))
     result = evaluate_classification(net, args.iterations, runtime=runtime,
                                      progress=not args.quiet and not args.json)
     if args.json:
@@ -43,7 +44,10 @@ def evaluate_main(argv=None):
         return 0
     print(f"{result.iterations} batches, {result.images} images, backend {result.backend}")
     for name, value in result.as_dict()["scores"].items():
-        print(f"{name} = {value}" if not isinstance(value, list) else f"{name} = {value}")
+        print(f"{name} = {value}")
+    for name, report in getattr(runtime, "report", {}).items():
+        print(f"{name}: last batch {report.float32_differs} of {report.values} values differ from "
+              f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")
     return 0
 
 

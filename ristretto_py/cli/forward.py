@@ -10,8 +10,9 @@ from ..errors import NetError, RistrettoError
 from ..images import load_input
 from ..net import Net
 from ..runtime import BACKENDS, make_runtime
-from .common import (add_model_arguments, check_output_path, format_shape, make_parser,
-                     number_list, positive_int_pair, run)
+from .common import (add_fixed_point_arguments, add_model_arguments, check_output_path,
+                     format_shape, make_parser, number_list, positive_int_pair, run,
+                     runtime_options)
 
 PROG = "forward"
 
@@ -23,6 +24,7 @@ def build_parser():
                         help="an image (any format OpenCV reads) or a .npy N x C x H x W array")
     parser.add_argument("--output", required=True, metavar="NPZ", help="where to save the blobs")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
+    add_fixed_point_arguments(parser)
     parser.add_argument("--input-blob", metavar="BLOB",
                         help="the source blob the input feeds (default: the net's first)")
     parser.add_argument("--resize", type=positive_int_pair, metavar="W,H",
@@ -97,7 +99,12 @@ def forward_main(argv):
     blob = choose_input_blob(net, args.input_blob)
     batch = load_input(args.input, args.resize, args.gray, args.mean, args.scale)
     net = fit_input(net, blob, batch)
-    blobs = make_runtime(net, args.backend).forward({blob: batch})
+    runtime = make_runtime(net, args.backend, **runtime_options(args))
+    blobs = runtime.forward({blob: batch})
+    for name, report in getattr(runtime, "report", {}).items():
+        if report.float32_differs or report.overflows:
+            print(f"{name}: {report.float32_differs} of {report.values} values differ from "
+                  f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")
     write_npz(args.output, blobs)
     print(f"{args.output}: {len(blobs)} blobs of {net.name or os.path.basename(args.model)} "
           f"({args.backend}; input '{blob}' {format_shape(batch.shape)})")

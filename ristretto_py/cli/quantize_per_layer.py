@@ -33,12 +33,13 @@ def run_per_layer(args):
           f"per-layer {quantizer.forward_passes - passes_uniform})")
     print(f"Wrote {args.model_quantized}")
     if args.report:
-        _report(args.report, result, evaluator)
+        from .quantize import _cost
+        _report(args.report, result, evaluator, _cost(quantizer, param))
         print(f"Wrote the report to {args.report}")
     return 0
 
 
-def _report(directory, result, evaluator):
+def _report(directory, result, evaluator, cost):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -50,7 +51,7 @@ def _report(directory, result, evaluator):
             "order": [list(o) for o in result.order],
             "trials": [dataclasses.asdict(t) for t in result.trials],
             "pareto": [dataclasses.asdict(t) for t in front],
-            "sensitivity": [dataclasses.asdict(r) for r in result.sensitivity]}
+            "sensitivity": [dataclasses.asdict(r) for r in result.sensitivity], "cost": cost}
     write_text(os.path.join(directory, "pareto.json"), json.dumps(data, indent=2) + "\n")
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.scatter([t.weight_bytes for t in result.trials], [t.score for t in result.trials], s=10,

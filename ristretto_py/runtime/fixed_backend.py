@@ -122,17 +122,17 @@ class FixedRuntime:
         m_w = fx.to_mantissa(layer.blobs[0], p.bw_params, p.fl_params, compat)
         fl_acc = p.fl_layer_in + p.fl_params
         common = max(fl_acc, p.fl_params)
-        acc, overflows = self._products(layer, impl, m_in, m_w)
-        acc = fx.shift(acc, fl_acc, common, compat)
+        acc, exact = self._products(layer, impl, m_in, m_w)
+        acc, exact = fx.shift(acc, fl_acc, common, compat), fx.shift(exact, fl_acc, common, compat)
         if impl.bias_term:
             m_b = fx.to_mantissa(layer.blobs[1], p.bw_params, p.fl_params, compat)
             shape = (1, -1) + (1,) * (acc.ndim - 2)
-            acc = acc + fx.shift(m_b, p.fl_params, common, compat).reshape(shape)
+            bias = fx.shift(m_b, p.fl_params, common, compat).reshape(shape)
+            acc, exact = acc + bias, exact + bias
             if self.acc_bits < 64:
-                clipped = (fx.wrap(acc, self.acc_bits) if self.overflow == "wrap"
-                           else fx.saturate(acc, self.acc_bits))
-                overflows += int(np.count_nonzero(clipped != acc))
-                acc = clipped
+                acc = (fx.wrap(acc, self.acc_bits) if self.overflow == "wrap"
+                       else fx.saturate(acc, self.acc_bits))
+        overflows = int(np.count_nonzero(acc != exact))   # outputs the accumulator changed
         m_out = fx.saturate(fx.shift(acc, common, p.fl_layer_out, compat), p.bw_layer_out)
         # Ristretto's float32 emulation of the same layer on the same input, for the report.
         value_in = fx.to_float(m_in, p.fl_layer_in)
@@ -143,8 +143,7 @@ class FixedRuntime:
         return m_out, p.fl_layer_out
 
     def _products(self, layer, impl, m_in, m_w):
-        """Exact sums of products per output (int64) through the accumulator, and the count of
-        outputs the accumulator changed (wrap-around or saturation)."""
+        """Sums of products per output (int64) through the accumulator, and the exact sums."""
         if layer.type == "FcRistretto":
             axis = impl._axis(m_in.shape)
             rows = m_in.reshape(int(np.prod(m_in.shape[:axis])), -1)
@@ -169,11 +168,11 @@ class FixedRuntime:
                 b, gi, oi, pi = np.unravel_index(flat_index, sums.shape)
                 return cols[b, gi, :, pi] * matrix[gi, oi]
         flat = sums.reshape(-1)
+        exact = flat.reshape(out_shape)
         if self.acc_bits >= 64:
-            return flat.reshape(out_shape), 0
+            return exact, exact
         if self.overflow == "wrap":                   # order-free: wrap the exact sum once
-            wrapped = fx.wrap(flat, self.acc_bits)
-            return wrapped.reshape(out_shape), int(np.count_nonzero(wrapped != flat))
+            return fx.wrap(flat, self.acc_bits).reshape(out_shape), exact
         # Saturation depends on the order of the additions; partial sums can only leave the
         # range where the sum of |terms| exceeds it, so only those outputs are summed in order.
         high = (1 << (self.acc_bits - 1)) - 1
@@ -184,7 +183,7 @@ class FixedRuntime:
             chunk = risky[start:start + 4096]
             values, _ = fx.accumulate(terms(chunk), self.acc_bits, "saturate", axis=-1)
             result[chunk] = values
-        return result.reshape(out_shape), int(np.count_nonzero(result != flat))
+        return result.reshape(out_shape), exact
 
 
 def _exact_bound(layer, impl, m_in, m_w):
