@@ -60,13 +60,13 @@ class RistrettoQuantizer:
 
     def __init__(self, model, weights, iterations, trimming_mode, error_margin,
                  backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
-                 seed=0, progress=True):
+                 seed=0, progress=True, net_param=None):
         if trimming_mode not in MODES + ("kmeans", "hwce"):
             raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
         if iterations < 1:
             raise ValueError("iterations must be at least 1")
         self.model_path, self.weights_path = str(model), str(weights)
-        self.param = upgrade_text_net(model)
+        self.param = net_param if net_param is not None else upgrade_text_net(model)
         self.weights = caffe_io.read_net_binary(weights)
         self.iterations = iterations
         self.mode = trimming_mode

@@ -10,7 +10,7 @@ from ..passes import quantize_report as reports
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import MODES, RistrettoQuantizer
 from ..runtime import BACKENDS
-from .common import add_model_arguments, check_output_path, make_parser, run
+from .common import add_model_arguments, check_output_path, make_parser, number_list, run
 
 PROG = "quantize"
 
@@ -52,6 +52,13 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding/sampling")
     parser.add_argument("--report", metavar="DIR", help="write report.json, report.md and a plot here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--data", metavar="LMDB",
+                        help="for a deploy net: read this LMDB through Data layers and score with "
+                             "Accuracy layers on the net's output (written into the result)")
+    parser.add_argument("--batch_size", type=int, default=100, help="with --data (default 100)")
+    parser.add_argument("--data_scale", type=float, help="with --data: transform_param scale")
+    parser.add_argument("--data_mean", type=number_list((1, 3), float, "numbers"), metavar="B,G,R",
+                        help="with --data: transform_param mean_value")
     return parser
 
 
@@ -74,7 +81,8 @@ def quantize_main(argv=None):
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, args.trimming_mode, args.error_margin,
         backend=args.backend, compat=args.compat, integer_length=args.integer_length,
-        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet)
+        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet,
+        net_param=_net_param(args))
     result = quantizer.run()
 
     float_net = quantizer.build(quantizer.param)
@@ -131,7 +139,7 @@ def _kmeans(args):
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, "kmeans", args.error_margin,
         backend=args.backend, compat=args.compat, score_blob=args.score_blob, seed=args.seed,
-        progress=not args.quiet)
+        progress=not args.quiet, net_param=_net_param(args))
     result, net, clusters = search_kmeans(quantizer, args.kmeans_scope, codebook, args.seed)
     result.forward_passes = quantizer.forward_passes
     _, total = compression(net, clusters, codebook.bit_width)
@@ -161,7 +169,7 @@ def _hwce(args):
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, "hwce", args.error_margin,
         backend=args.backend, compat=args.compat, score_blob=args.score_blob, seed=args.seed,
-        progress=not args.quiet)
+        progress=not args.quiet, net_param=_net_param(args))
     result, msbs = search_hwce(quantizer, args.percentile, args.msb)
     write_net_text(result.quantized, args.model_quantized)
     for line in reports.summary_lines(result):
@@ -186,6 +194,17 @@ def _cost(quantizer, quantized):
     from ..passes.cost import cost_table, layer_costs
     table, totals = cost_table(layer_costs(quantizer.build(quantized)))
     return {"layers": table, "totals": totals}
+
+
+def _net_param(args):
+    """The net the search works on: the prototxt, or with --data the deploy net given Data and
+    Accuracy layers."""
+    if not args.data:
+        return None
+    from ..caffe_io import read_net_text
+    from ..passes.deploy_data import with_data_layers
+    return with_data_layers(read_net_text(args.model), args.data, args.batch_size, args.data_scale,
+                            args.data_mean)
 
 
 def main(argv=None):

@@ -10,13 +10,15 @@ from ..caffe_io import write_net_text
 from ..passes.per_layer_search import edit_param, per_layer_search
 from ..passes.ristretto_edit import without_state
 from ..passes.ristretto_quantize import RistrettoQuantizer
+from .quantize import _net_param
 
 
 def run_per_layer(args):
     quantizer = RistrettoQuantizer(
         args.model, args.weights, args.iterations, "dynamic_fixed_point", args.error_margin,
         backend="numpy", compat=args.compat, integer_length=args.integer_length,
-        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet)
+        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet,
+        net_param=_net_param(args))
     uniform = quantizer.run()
     passes_uniform = quantizer.forward_passes
     result, evaluator = per_layer_search(quantizer, uniform, args.score, progress=not args.quiet)

@@ -1,4 +1,4 @@
-"""Element-wise activation layers: ReLU, PReLU, Sigmoid, TanH, Power, AbsVal, Dropout.
+"""Element-wise activation layers: ReLU, PReLU, Sigmoid, TanH, Power, AbsVal, Dropout, Clip.
 
 Each keeps its bottom's shape. Caffe's formulas: ReLU max(x,0) + slope*min(x,0); PReLU with a
 learned slope per channel (axis 1) or one shared; Power (shift + scale*x)^power.
@@ -138,3 +138,21 @@ class Dropout(_ElementWise):
 
     def export_onnx(self, graph, io):
         graph.node("Identity", io.bottoms, io.tops)
+
+
+@register
+class Clip(_ElementWise):
+    """BVLC Caffe's Clip: min(max(x, min), max) (Keras' ReLU6 is Clip(0, 6))."""
+    type_name = "Clip"
+
+    def setup(self, spec):
+        p = spec.clip_param
+        if not (p.HasField("min") and p.HasField("max")) or p.min > p.max:
+            raise self.error("clip_param needs min <= max")
+        self.low, self.high = np.float32(p.min), np.float32(p.max)
+
+    def forward(self, bottoms, blobs):
+        return [np.clip(bottoms[0], self.low, self.high)]
+
+    def export_onnx(self, graph, io):
+        graph.node("Clip", [io.bottoms[0], graph.scalar(self.low), graph.scalar(self.high)], io.tops)

@@ -1,0 +1,73 @@
+"""``tools/convert_keras``: a Keras model (Keras 3 ``.keras`` archive or legacy ``.h5``, read with
+h5py, no TensorFlow needed; a TensorFlow SavedModel directory when TensorFlow is installed) as
+Caffe files. Layers Caffe cannot reproduce exactly are refused with their name and the reason."""
+import os
+import sys
+
+from ..convert.keras_file import read_keras_file
+from ..convert.keras_to_caffe import keras_to_layers
+from ..errors import RistrettoError
+from ..net import Net
+from .common import check_output_path, make_parser, number_list, run
+
+PROG = "convert_keras"
+
+
+def build_parser():
+    parser = make_parser(PROG, __doc__)
+    parser.add_argument("--input", required=True, metavar="MODEL", help=".keras, .h5 or a SavedModel folder")
+    parser.add_argument("--out-model", required=True, metavar="PROTOTXT")
+    parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
+    parser.add_argument("--input-shape", type=number_list((2, 4), int, "integers"), metavar="N,C,H,W",
+                        help="the Caffe input shape (needed when the Keras input has free dimensions)")
+    parser.add_argument("--name", help="the Caffe net's name (default: the file's stem)")
+    return parser
+
+
+def load_model(path):
+    if os.path.isdir(path):
+        return _saved_model(path)
+    return read_keras_file(path)
+
+
+def _saved_model(path):
+    """A SavedModel through TensorFlow's Keras (optional: TensorFlow is never required)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise RistrettoError("a SavedModel folder needs TensorFlow (pip install tensorflow); "
+                             "a .keras or .h5 file needs nothing more", path=path) from None
+    import json
+    import tempfile
+    model = tf.keras.models.load_model(path)
+    with tempfile.TemporaryDirectory() as tmp:       # through the .h5 writer: one reader for all
+        target = os.path.join(tmp, "model.h5")
+        model.save(target)
+        converted = read_keras_file(target)
+    converted.source = path
+    return converted
+
+
+def convert_main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_output_path(args.out_model)
+    check_output_path(args.out_weights)
+    model = load_model(args.input)
+    layers, outputs = keras_to_layers(model, args.input_shape)
+    name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.input)))[0]
+    net = Net(layers, name=name, source=args.input)
+    net.shapes()
+    net.save(args.out_model, args.out_weights)
+    shapes = net.shapes()
+    print(f"converted {len(model.layers)} Keras layers into {len(net.layers)} Caffe layers; "
+          f"outputs: {', '.join(f'{o} {list(shapes[o])}' for o in outputs)}")
+    print(f"wrote {args.out_model} and {args.out_weights}")
+    return 0
+
+
+def main(argv=None):
+    return run(convert_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

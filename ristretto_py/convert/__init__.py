@@ -1,0 +1,1 @@
+"""Importers that turn other frameworks' model files into Caffe nets (``Net``)."""
