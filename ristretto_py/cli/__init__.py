@@ -1,0 +1,1 @@
+"""Command-line tools; each module holds one tool (``tools/<name>`` runs it)."""
