@@ -208,3 +208,21 @@ def test_evaluate_with_the_fixed_backend(dfp_net, tmp_path, capsys, monkeypatch)
     assert evaluate.main(args + ["--backend", "fixed", "--acc-bits", "12", "--overflow", "saturate"]) == 0
     assert "accumulator overflows" in capsys.readouterr().out
     assert evaluate.main(args + ["--backend", "fixed", "--acc-bits", "4"]) == 2
+
+
+def test_max_pooling_keeps_wide_mantissas_exact():
+    # 31-bit mantissas do not fit float32's significand: pooling must compare the integers
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+            'layer { name: "conv" type: "ConvolutionRistretto" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 1 kernel_size: 1 bias_term: false } '
+            'quantization_param { bw_layer_in: 32 fl_layer_in: 28 bw_layer_out: 32 fl_layer_out: 28 '
+            'bw_params: 8 fl_params: 6 } }\n'
+            'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+    net = Net.from_proto(net_param(text, {"conv": [np.ones((1, 1, 1, 1))]}))
+    x = (np.random.default_rng(9).random((1, 1, 4, 4)) * 7).astype(np.float32)
+    x64 = _trim64(x, 32, 28)
+    expected = x64.reshape(1, 1, 2, 2, 2, 2).max(axis=(3, 5))
+    ours = FixedRuntime(net).forward({"data": x})
+    assert np.array_equal(ours["pool"], expected.astype(np.float32))
+    mantissas = np.rint(expected * 2 ** 28)
+    assert mantissas.max() > 2 ** 24          # the case float32 pooling would get wrong

@@ -148,7 +148,7 @@ def _padded(x, pad, tails, value):
     (ph, pw), (th, tw) = pad, tails
     if not (ph or pw or th or tw):
         return x
-    padded = np.full((n, c, h + ph + th, w + pw + tw), value, dtype=np.float32)
+    padded = np.full((n, c, h + ph + th, w + pw + tw), value, dtype=x.dtype)
     padded[:, :, ph:ph + h, pw:pw + w] = x
     return padded
 
@@ -170,8 +170,16 @@ def _tails(shape, kernel, stride, pad, out):
 
 
 def _max_pool(x, kernel, stride, pad, out):
-    padded = _padded(x, pad, _tails(x.shape, kernel, stride, pad, out), -np.inf)
+    """MAX pooling of float or integer arrays (padding never wins: it is the dtype's minimum)."""
+    low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    padded = _padded(x, pad, _tails(x.shape, kernel, stride, pad, out), low)
     return _reduce_windows(padded, kernel, stride, out, np.maximum)
+
+
+def max_pool_integers(layer_impl, mantissas):
+    """A Pooling layer's MAX pooling applied to integer mantissas (the fixed-point backend)."""
+    kernel, out = layer_impl._geometry(mantissas.shape)
+    return _max_pool(np.asarray(mantissas, np.int64), kernel, layer_impl.stride, layer_impl.pad, out)
 
 
 def _ave_divisor(size, kernel, stride, pad, out):

@@ -21,6 +21,7 @@ from .. import fixed_point as fx
 from ..errors import NetError, UnsupportedError
 from ..layers.base import RunContext, normalize_axis
 from ..layers.conv import im2col
+from ..layers.pooling import max_pool_integers
 from ..precision import DYNAMIC_FIXED_POINT
 from .numpy_backend import feed_inputs
 
@@ -84,8 +85,7 @@ class FixedRuntime:
             return [(np.maximum(m, 0), fl)]
         if fixed and layer.type == "Pooling" and impl.method == "MAX" and not impl.global_pooling:
             m, fl = bottoms[0]
-            pooled = impl.forward([m.astype(np.float64)], [])[0]     # max of integers: exact
-            return [(np.rint(pooled).astype(np.int64), fl)]
+            return [(max_pool_integers(impl, m), fl)]
         if fixed and layer.type in ("Concat", "Eltwise", "Split"):
             return self._aligned(layer, impl, bottoms)
         tops = impl.run([_as_float(b) for b in bottoms], layer.blobs, self.context)
@@ -94,12 +94,12 @@ class FixedRuntime:
     def _aligned(self, layer, impl, bottoms):
         if layer.type == "Split":
             return [bottoms[0]] * len(layer.tops)
-        if layer.type == "Eltwise" and (impl.operation == "PROD" or impl.coeff not in ([], [1.0] * len(bottoms))):
-            if impl.operation == "PROD":
-                m = bottoms[0][0]
-                for other, _ in bottoms[1:]:
-                    m = m * other
-                return [(m, sum(fl for _, fl in bottoms))]
+        if layer.type == "Eltwise" and impl.operation == "PROD":
+            m = bottoms[0][0]
+            for other, _ in bottoms[1:]:
+                m = m * other
+            return [(m, sum(fl for _, fl in bottoms))]
+        if layer.type == "Eltwise" and any(c != 1 for c in impl.coeff):      # scaled sums: float
             return [(impl.forward([_as_float(b) for b in bottoms], [])[0], None)]
         fl = max(f for _, f in bottoms)
         parts = [fx.shift(m, f, fl) for m, f in bottoms]
