@@ -191,7 +191,6 @@ def test_folded_open_nsfw_in_dynamic_fixed_point(real_models):
         np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=layer.name)
     assert len(seen) == 53
     assert sum(r.overflows for r in runtime.report.values()) == 0
-    print({name: r.float32_differs for name, r in runtime.report.items() if r.float32_differs})
 
 
 def test_evaluate_with_the_fixed_backend(dfp_net, tmp_path, capsys, monkeypatch):

@@ -151,6 +151,9 @@ class FixedRuntime:
             sums = _exact_matmul(rows, weights)
             out_shape = m_in.shape[:axis] + (impl.num_output,)
 
+            def bound():
+                return _exact_matmul(np.abs(rows), np.abs(weights))
+
             def terms(flat_index):
                 i, j = np.unravel_index(flat_index, sums.shape)
                 return rows[i] * weights[:, j].T
@@ -164,6 +167,9 @@ class FixedRuntime:
             sums = np.stack([_exact_matmul(matrix[i], cols[:, i]) for i in range(g)], axis=1)
             out_shape = (n, o, ho, wo)
 
+            def bound():
+                return np.stack([_exact_matmul(np.abs(matrix[i]), np.abs(cols[:, i])) for i in range(g)], axis=1)
+
             def terms(flat_index):
                 b, gi, oi, pi = np.unravel_index(flat_index, sums.shape)
                 return cols[b, gi, :, pi] * matrix[gi, oi]
@@ -176,7 +182,7 @@ class FixedRuntime:
         # Saturation depends on the order of the additions; partial sums can only leave the
         # range where the sum of |terms| exceeds it, so only those outputs are summed in order.
         high = (1 << (self.acc_bits - 1)) - 1
-        magnitude = _exact_bound(layer, impl, m_in, m_w).reshape(-1)
+        magnitude = bound().reshape(-1)
         risky = np.flatnonzero(magnitude > high)
         result = flat.copy()
         for start in range(0, risky.size, 4096):
@@ -184,20 +190,6 @@ class FixedRuntime:
             values, _ = fx.accumulate(terms(chunk), self.acc_bits, "saturate", axis=-1)
             result[chunk] = values
         return result.reshape(out_shape), exact
-
-
-def _exact_bound(layer, impl, m_in, m_w):
-    """Per output, the sum of |products| (bounds every partial sum)."""
-    if layer.type == "FcRistretto":
-        axis = impl._axis(m_in.shape)
-        rows = np.abs(m_in.reshape(int(np.prod(m_in.shape[:axis])), -1))
-        return _exact_matmul(rows, np.abs(m_w if impl.transpose else m_w.T))
-    n, g = m_in.shape[0], impl.group
-    o, cg, kh, kw = m_w.shape
-    cols = np.abs(im2col(m_in, (kh, kw), impl.stride, impl.pad, impl.dilation))
-    cols = cols.reshape(n, g, cg * kh * kw, -1)
-    matrix = np.abs(m_w).reshape(g, o // g, cg * kh * kw)
-    return np.stack([_exact_matmul(matrix[i], cols[:, i]) for i in range(g)], axis=1)
 
 
 def _exact_matmul(a, b):
