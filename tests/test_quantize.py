@@ -137,7 +137,7 @@ def test_cli_safe_rule_minifloat_pow2_and_report(tmp_path, capsys):
     assert (tmp_path / "report" / "score_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
     assert report["cost"]["totals"]["param_bytes"] == report["weight_bytes_after"]
     assert "Dynamic fixed point net:" in capsys.readouterr().out
-    for mode, precision in (("minifloat", caffe_pb2.QuantizationParameter.MINIFLOAT),
+    for mode, precision in (("mini_floating_point", caffe_pb2.QuantizationParameter.MINIFLOAT),
                             ("integer_power_of_2_weights",
                              caffe_pb2.QuantizationParameter.INTEGER_POWER_OF_2_WEIGHTS)):
         code = quantize_cli.main(["--model", str(MODEL), "--weights", str(WEIGHTS), "--model_quantized",
@@ -145,7 +145,7 @@ def test_cli_safe_rule_minifloat_pow2_and_report(tmp_path, capsys):
         assert code == 0
         layers = {l.name: l for l in caffe_io.read_net_text(out).layer}
         assert layers["conv1"].quantization_param.precision == precision
-        if mode == "minifloat":
+        if mode == "mini_floating_point":          # the first release's name of minifloat
             qp = layers["ip2"].quantization_param
             assert qp.exp_bits == 4 and qp.mant_bits in (11, 3, 27)
         else:

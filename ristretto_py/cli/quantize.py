@@ -5,6 +5,7 @@ import sys
 
 from ..caffe_io import write_net_text
 from ..errors import RistrettoError
+from ..legacy_ristretto import OLD_TRIMMING_MODES
 from ..numerics import COMPAT_MODES
 from ..passes import quantize_report as reports
 from ..passes.ranges import RULES
@@ -20,7 +21,10 @@ def build_parser():
     add_model_arguments(parser, weights_required=True)
     parser.add_argument("--model_quantized", required=True, metavar="PROTOTXT",
                         help="where to write the quantized net description")
-    parser.add_argument("--trimming_mode", required=True, choices=MODES + ("kmeans", "hwce"))
+    parser.add_argument("--trimming_mode", required=True,
+                        choices=MODES + ("kmeans", "hwce") + tuple(OLD_TRIMMING_MODES),
+                        help="Ristretto's modes (its first release's names fixed_point, "
+                             "mini_floating_point, power_of_2_weights too), kmeans or hwce")
     parser.add_argument("--percentile", type=float, default=99.99,
                         help="hwce mode: MSBs from this percentile of |x| (default 99.99)")
     parser.add_argument("--msb", type=int, help="hwce mode: one fixed MSB exponent for every signal")
@@ -64,6 +68,7 @@ def build_parser():
 
 def quantize_main(argv=None):
     args = build_parser().parse_args(argv)
+    args.trimming_mode = OLD_TRIMMING_MODES.get(args.trimming_mode, args.trimming_mode)
     if args.iterations < 1:
         raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
     check_output_path(args.model_quantized)
