@@ -106,3 +106,16 @@ def format_cost(table, totals):
     lines.append(f"total: parameters {totals['param_bytes']:,.0f} bytes, activation traffic "
                  f"{totals['traffic_bytes']:,.0f} bytes, {totals['macs']:,d} MACs")
     return "\n".join(lines)
+
+
+def with_param_bytes(table, overrides):
+    """The cost table with some layers' parameter bytes replaced (e.g. k-means codebooks and
+    indices, which layer precisions do not describe); shares and totals recomputed."""
+    table = [dict(row, param_bytes=overrides.get(row["layer"], row["param_bytes"])) for row in table]
+    total = sum(row["param_bytes"] for row in table)
+    for row in table:
+        row["param_share"] = row["param_bytes"] / total if total else 0.0
+    totals = {"param_bytes": total,
+              "traffic_bytes": sum(r["input_bytes"] + r["output_bytes"] for r in table),
+              "macs": sum(r["macs"] for r in table)}
+    return table, totals

@@ -229,6 +229,7 @@ def test_kmeans_mode_searches_index_widths_and_writes_weights(tmp_path, capsys):
         passed = [c["bit_width"] for c in cands if c["passed"]]
         assert report["chosen"][stage] == (min(passed) if passed else 32)
     assert report["weight_bytes_after"] < report["weight_bytes_before"] / 4
+    assert abs(report["cost"]["totals"]["param_bytes"] - report["weight_bytes_after"]) <= 1
     written = caffe_io.read_net_text(out)
     original = caffe_io.read_net_text(MODEL)
     assert [l.type for l in written.layer] == [l.type for l in original.layer]
