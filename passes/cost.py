@@ -119,3 +119,20 @@ def with_param_bytes(table, overrides):
               "traffic_bytes": sum(r["input_bytes"] + r["output_bytes"] for r in table),
               "macs": sum(r["macs"] for r in table)}
     return table, totals
+
+
+def clustered_cost(net, clusters, codebook_bits):
+    """The cost model of a k-means clustered net: each clustered layer stores log2(K)-bit
+    indices, float32 biases, and its codebook (counted once, with its first layer)."""
+    overrides, counted = {}, set()
+    for cluster in clusters:
+        for name, indices in cluster.indices.items():
+            layer = net.layer(name)
+            bits = indices.size * int(np.log2(cluster.k)) + sum(np.size(b) for b in layer.blobs[1:]) * FLOAT_BITS
+            if cluster.name not in counted:
+                bits += cluster.k * codebook_bits
+                counted.add(cluster.name)
+            overrides[name] = bits / 8
+    table, _ = cost_table(layer_costs(net))
+    table, totals = with_param_bytes(table, overrides)
+    return {"layers": table, "totals": totals}

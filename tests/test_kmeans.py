@@ -117,6 +117,7 @@ def test_cli_outputs_are_exact_and_byte_identical(model, tmp_path, capsys):
                                   NumpyRuntime(rebuilt).forward({"data": x})["fc"])
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["packed_bytes"] < report["caffemodel_bytes"]
+    assert report["cost"]["totals"]["param_bytes"] == pytest.approx(report["total"]["bits_after"] / 8)
     assert "r =" in capsys.readouterr().out
 
 

@@ -61,8 +61,10 @@ def kmeans_main(argv=None):
               f"{args.packed} {sizes['packed_bytes']:,} bytes")
     if args.report:
         os.makedirs(args.report, exist_ok=True)
+        from ..passes.cost import clustered_cost
         report = {"clusters": args.clusters, "scope": args.scope, "codebook": str(codebook),
-                  "seed": args.seed, "layers": rows, "total": total, **sizes}
+                  "seed": args.seed, "layers": rows, "total": total, **sizes,
+                  "cost": clustered_cost(clustered, clusters, codebook.bit_width)}
         write_text(os.path.join(args.report, "report.json"), json.dumps(report, indent=2) + "\n")
         lines = ["# k-means weight sharing", "", f"K = {args.clusters}, scope {args.scope}, "
                  f"codebook {codebook}", "", "| layer | codebook | n | K | index bits | codebook bits | r |",

@@ -163,29 +163,11 @@ def _kmeans(args):
                     "error_margin": args.error_margin, "backend": args.backend,
                     "kmeans_scope": args.kmeans_scope, "codebook": str(codebook), "seed": args.seed}
         report = reports.build_report(result, before, after, {}, {}, settings)
-        report["cost"] = _kmeans_cost(quantizer, net, clusters, codebook.bit_width)
+        from ..passes.cost import clustered_cost
+        report["cost"] = clustered_cost(net, clusters, codebook.bit_width)
         reports.write_report(args.report, report)
         print(f"Wrote the report to {args.report}")
     return 0
-
-
-def _kmeans_cost(quantizer, net, clusters, codebook_bits):
-    """The cost model with clustered layers stored as indices plus their codebook (counted
-    once, with the first layer that uses it) and float32 biases."""
-    import math
-    from ..passes.cost import cost_table, layer_costs, with_param_bytes
-    overrides, counted = {}, set()
-    for cluster in clusters:
-        for name, indices in cluster.indices.items():
-            layer = net.layer(name)
-            bits = indices.size * int(math.log2(cluster.k)) + sum(b.size for b in layer.blobs[1:]) * 32
-            if cluster.name not in counted:
-                bits += cluster.k * codebook_bits
-                counted.add(cluster.name)
-            overrides[name] = bits / 8
-    table, _ = cost_table(layer_costs(net))
-    table, totals = with_param_bytes(table, overrides)
-    return {"layers": table, "totals": totals}
 
 
 def _hwce(args):
