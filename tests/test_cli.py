@@ -354,3 +354,12 @@ def test_forward_refuses_an_input_size_the_weights_do_not_fit(tmp_path):
     # 12x12 -> conv 6x6 -> 144 inputs to fc, whose weights hold 64.
     assert "layer 'fc'" in lines[0] and "[5, 144]" in lines[0] and "--resize 8,8" in lines[0]
     assert not output.exists()
+
+
+def test_single_entry_point_dispatches_to_the_tools(capsys):
+    from ristretto_py.cli import main as entry
+    assert entry.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert entry.main(["--help"]) == 0 and "quantize" in capsys.readouterr().out
+    assert entry.main(["info", "--model", "/nonexistent.prototxt"]) == 2
+    assert "/nonexistent.prototxt" in capsys.readouterr().err
