@@ -152,7 +152,7 @@ def test_a_bad_file_is_a_clear_error(tmp_path, capsys):
     assert "neither a .keras archive nor an HDF5 file" in capsys.readouterr().err
     assert convert_keras.main(["--input", str(tmp_path), "--out-model", str(tmp_path / "a"),
                                "--out-weights", str(tmp_path / "b")]) == 2
-    assert "TensorFlow" in capsys.readouterr().err
+    assert "not a SavedModel folder (no saved_model.pb)" in capsys.readouterr().err
 
 
 def test_convert_fold_quantize_chain(tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""The committed schema module matches caffe.proto and carries Ristretto's field numbers."""
+"""The committed schema modules match their .proto files; Caffe's carries Ristretto's field numbers."""
 import re
 
 import pytest
@@ -12,13 +12,14 @@ def _embedded_descriptor(source):
     return eval(match.group(1))  # a bytes literal written by protoc
 
 
-def test_committed_module_matches_schema(tmp_path):
+@pytest.mark.parametrize("name", ["caffe", "keras_saved_metadata"])
+def test_committed_module_matches_schema(tmp_path, name):
     pytest.importorskip("grpc_tools")
     from ristretto_py.protos import regenerate
-    generated = regenerate.compile_schema(tmp_path).read_text()
-    committed = (regenerate.HERE / "caffe_pb2.py").read_text()
+    generated = regenerate.compile_schema(tmp_path, name).read_text()
+    committed = (regenerate.HERE / f"{name}_pb2.py").read_text()
     assert _embedded_descriptor(generated) == _embedded_descriptor(committed), \
-        "caffe_pb2.py is stale: run python -m ristretto_py.protos.regenerate"
+        f"{name}_pb2.py is stale: run python -m ristretto_py.protos.regenerate"
 
 
 def test_ristretto_quantization_fields():

@@ -1,10 +1,11 @@
 """``tools/convert_keras``: a Keras model (Keras 3 ``.keras`` archive or legacy ``.h5``, read with
-h5py, no TensorFlow needed; a TensorFlow SavedModel directory when TensorFlow is installed) as
-Caffe files. Layers Caffe cannot reproduce exactly are refused with their name and the reason."""
+h5py, no TensorFlow needed; a Keras 2 SavedModel folder when TensorFlow is installed) as Caffe
+files. Layers Caffe cannot reproduce exactly are refused with their name and the reason."""
 import os
 import sys
 
 from ..convert.keras_file import read_keras_file
+from ..convert.saved_model import read_saved_model
 from ..convert.keras_to_caffe import keras_to_layers
 from ..errors import RistrettoError
 from ..net import Net
@@ -15,7 +16,7 @@ PROG = "convert_keras"
 
 def build_parser():
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("--input", required=True, metavar="MODEL", help=".keras, .h5 or a SavedModel folder")
+    parser.add_argument("--input", required=True, metavar="MODEL", help=".keras, .h5 or a Keras 2 SavedModel folder")
     parser.add_argument("--out-model", required=True, metavar="PROTOTXT")
     parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
     parser.add_argument("--input-shape", type=number_list((2, 4), int, "integers"), metavar="N,C,H,W",
@@ -26,26 +27,8 @@ def build_parser():
 
 def load_model(path):
     if os.path.isdir(path):
-        return _saved_model(path)
+        return read_saved_model(path)
     return read_keras_file(path)
-
-
-def _saved_model(path):
-    """A SavedModel through TensorFlow's Keras (optional: TensorFlow is never required)."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise RistrettoError("a SavedModel folder needs TensorFlow (pip install tensorflow); "
-                             "a .keras or .h5 file needs nothing more", path=path) from None
-    import json
-    import tempfile
-    model = tf.keras.models.load_model(path)
-    with tempfile.TemporaryDirectory() as tmp:       # through the .h5 writer: one reader for all
-        target = os.path.join(tmp, "model.h5")
-        model.save(target)
-        converted = read_keras_file(target)
-    converted.source = path
-    return converted
 
 
 def convert_main(argv=None):
