@@ -74,6 +74,11 @@ def main(images_path, out_dir):
         keras.utils.set_random_seed(seed)
         model = build()
         randomize_batchnorm(model, rng)
+        if name != "densenet_like":     # trained models are saved with their optimizer's variables:
+            # TensorFlow <= 2.10's optimizers (now "legacy") store slots next to the layer weights
+            optimizer = keras.optimizers.legacy.Adam() if name == "classifier" else "adam"
+            model.compile(optimizer, "sparse_categorical_crossentropy")
+            model.fit(images, np.arange(len(images)) % 10, epochs=1, verbose=0)
         model.save(os.path.join(out_dir, f"{name}.h5"))
         model.save(os.path.join(out_dir, f"{name}_savedmodel"))
         np.save(os.path.join(out_dir, f"{name}_expected.npy"), model.predict(images, verbose=0))

@@ -7,7 +7,6 @@ import sys
 from ..convert.keras_file import read_keras_file
 from ..convert.saved_model import read_saved_model
 from ..convert.keras_to_caffe import keras_to_layers
-from ..errors import RistrettoError
 from ..net import Net
 from .common import check_output_path, make_parser, number_list, run
 

@@ -72,8 +72,9 @@ def _layer_variables(reader, folder):
     """``layer_with_weights-N`` -> {variable name: array} from the checkpoint."""
     groups = {}
     for key in reader.get_variable_to_shape_map():
-        if not key.endswith(_CHECKPOINT_SUFFIX) or not key.startswith("layer_with_weights-"):
-            continue        # optimizer slots, save counters, the object graph itself
+        if (not key.endswith(_CHECKPOINT_SUFFIX) or not key.startswith("layer_with_weights-")
+                or "/.OPTIMIZER_SLOT/" in key):
+            continue        # the optimizer and its slots, save counters, the object graph itself
         parts = key[:-len(_CHECKPOINT_SUFFIX)].split("/")
         if len(parts) != 2:
             raise FormatError(f"checkpoint variable '{key}' belongs to a nested object (models inside "
