@@ -1,13 +1,22 @@
 """Classification accuracy as Caffe's ``test`` computes it: the net's own Data layer feeds
 batches from its LMDB; every output blob (Accuracy top-1/top-k, loss) is averaged over the
-iterations."""
+iterations.
+
+``Batches`` are the batches a search evaluates every candidate on: kept in memory when they fit
+in half the memory limit (``ristretto_py.memory_budget``), otherwise read again from the
+database for every pass, so that no number of iterations exhausts the memory."""
 import dataclasses
+import warnings
 
 import numpy as np
 
-from ..errors import NetError
+from .. import memory_budget
+from ..errors import NetError, RistrettoWarning
 from ..lmdb_data import DataLayerFeed
+from ..progress import progress as show_progress
 from ..runtime import make_runtime
+
+CACHE_SHARE = 0.5     # of the memory limit, for batches kept between evaluations
 
 
 @dataclasses.dataclass
@@ -48,17 +57,71 @@ def data_layer(net):
     return layers[0]
 
 
-def fetch_batches(net, iterations, data_source=None, seed=0):
-    """Read ``iterations`` batches from the net's Data layer, as a new Caffe net would: from
-    the start of the database, wrapping around at its end. Searches read them once and
-    evaluate every candidate on the same list."""
-    if iterations < 1:
-        raise ValueError("iterations must be at least 1")
-    feed = DataLayerFeed(data_layer(net), net.phase, seed=seed, source=data_source)
-    try:
-        return [feed.next_batch() for _ in range(iterations)]
-    finally:
-        feed.close()
+class Batches:
+    """``iterations`` batches of a net's Data layer, as a new Caffe net reads them: from the
+    start of the database, wrapping around at its end; every pass over them yields the same
+    batches. With ``cache`` they are read once and kept when they fit in CACHE_SHARE of the
+    memory limit; otherwise (or without ``cache``) each pass reads them from the database."""
+
+    def __init__(self, net, iterations, data_source=None, seed=0, cache=True):
+        if iterations < 1:
+            raise ValueError("iterations must be at least 1")
+        self.layer, self.phase = data_layer(net), net.phase
+        self.iterations, self.data_source, self.seed = iterations, data_source, seed
+        self._kept = None
+        feed = self._feed()
+        try:
+            first = feed.next_batch()
+            self.batch_bytes = sum(array.nbytes for array in first.values())
+            total = self.batch_bytes * iterations
+            if cache and memory_budget.fits(total, CACHE_SHARE):
+                self._kept = [first] + [feed.next_batch() for _ in range(iterations - 1)]
+            elif cache and iterations > 1:
+                warnings.warn(
+                    f"keeping {iterations:,} batches in memory would take "
+                    f"{memory_budget.format_bytes(total)}, more than half the memory limit of "
+                    f"{memory_budget.format_bytes(memory_budget.limit()[0])}: they are read "
+                    "again from the database for every evaluation (slower; --memory_limit "
+                    "raises the limit)", RistrettoWarning, stacklevel=2)
+            self.images_per_batch = len(next(iter(first.values())))
+        finally:
+            feed.close()
+
+    def _feed(self):
+        return DataLayerFeed(self.layer, self.phase, seed=self.seed, source=self.data_source)
+
+    @property
+    def kept(self):
+        """Whether the batches are held in memory."""
+        return self._kept is not None
+
+    def __len__(self):
+        return self.iterations
+
+    def __iter__(self):
+        if self._kept is not None:
+            yield from self._kept
+            return
+        feed = self._feed()
+        try:
+            for _ in range(self.iterations):
+                yield feed.next_batch()
+        finally:
+            feed.close()
+
+    def __getitem__(self, index):
+        if self._kept is not None:
+            return self._kept[index]
+        if not -self.iterations <= index < self.iterations:
+            raise IndexError(index)
+        for position, batch in enumerate(self):
+            if position == index % self.iterations:
+                return batch
+
+
+def fetch_batches(net, iterations, data_source=None, seed=0, cache=True):
+    """The ``Batches`` of the net's Data layer for ``iterations`` evaluations (see there)."""
+    return Batches(net, iterations, data_source, seed, cache)
 
 
 def evaluate_classification(net, iterations, backend="numpy", runtime=None, progress=False,
@@ -68,23 +131,19 @@ def evaluate_classification(net, iterations, backend="numpy", runtime=None, prog
     runtime and average every output. As Caffe's ``test`` and Ristretto's ``quantize``, sums
     and means are float32, so that scores and the decisions taken on them are Caffe's."""
     if batches is None:
-        batches = fetch_batches(net, iterations, data_source, seed)
+        batches = Batches(net, iterations, data_source, seed, cache=False)
     elif len(batches) != iterations:
         raise ValueError(f"{len(batches)} batches given for {iterations} iterations")
     runtime = runtime or make_runtime(net, backend)
     outputs = [b for b in net.output_blobs if b not in net.input_blobs]
-    totals = {}
-    steps = batches
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(batches, desc=description or f"evaluate ({runtime.name})", unit="batch",
-                     leave=False)
-    for batch in steps:
+    totals, images = {}, 0
+    for batch in show_progress(batches, description or f"evaluate ({runtime.name})", "batch",
+                               progress, total=len(batches)):
+        images += len(next(iter(batch.values())))
         blobs = runtime.forward(batch, observer=observer) if observer else runtime.forward(batch)
         for name in outputs:
             value = np.asarray(blobs[name], np.float32)
             totals[name] = totals[name] + value if name in totals else value.copy()
     scores = {name: total / np.float32(iterations) for name, total in totals.items()}
     scores = {k: (np.float32(v) if np.ndim(v) == 0 else v) for k, v in scores.items()}
-    images = sum(len(next(iter(batch.values()))) for batch in batches)
     return ClassificationResult(scores, iterations, images, runtime.name)

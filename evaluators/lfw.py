@@ -18,6 +18,8 @@ import os
 import numpy as np
 
 from ristretto_py.errors import FormatError, RistrettoError
+from ristretto_py.progress import progress as show_progress
+from ristretto_py.text_files import read_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +47,8 @@ def _parse_pair(tokens, same, path, number):
 
 
 def _lines(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [(i, line.split()) for i, line in enumerate(handle, 1) if line.strip()]
-    except FileNotFoundError:
-        raise FormatError("no such file", path=str(path)) from None
+    text = read_text(path, "an LFW pairs file")
+    return [(i, line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _header(lines, path, count):
@@ -104,13 +103,20 @@ def extract_features(runtime, input_blob, feature_blob, paths, prepare, batch=32
     if missing:
         raise FormatError(f"image missing ({len(missing)} in all)", path=missing[0])
     features = {}
-    starts = range(0, len(paths), batch)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc="features", unit="batch", leave=False)
+    starts = show_progress(range(0, len(paths), batch), "features", "batch", progress)
+    first_shape = None
     for start in starts:
         chunk = paths[start:start + batch]
-        data = np.concatenate([prepare(p) for p in chunk])
+        prepared = [prepare(p) for p in chunk]
+        if first_shape is None:
+            first_shape = prepared[0].shape
+        for path, array in zip(chunk, prepared):
+            if array.shape[1:] != first_shape[1:]:
+                raise FormatError(f"image is {array.shape[3]}x{array.shape[2]} but "
+                                  f"{paths[0]} is {first_shape[3]}x{first_shape[2]}: give "
+                                  "--resize W,H to bring every image to the net's input size",
+                                  path=path)
+        data = np.concatenate(prepared)
         blobs = runtime.forward({input_blob: data})
         if feature_blob not in blobs:
             raise RistrettoError(f"the net has no blob '{feature_blob}'")

@@ -10,6 +10,7 @@ import numpy as np
 
 from ristretto_py.errors import RistrettoError
 from ristretto_py.net import Layer
+from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
 from .kmeans import select_layers
@@ -47,11 +48,7 @@ def calibrate_activations(net, quantizer, layer_names, batches, progress=False):
         if layer.name in stats:
             stats[layer.name].add(tops[0], quantizer.kind == "hwce")
     runtime = NumpyRuntime(net)
-    steps = batches
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(batches, desc="calibrating activations", unit="batch", leave=False)
-    for batch in steps:
+    for batch in show_progress(batches, "calibrating activations", "batch", progress):
         runtime.forward(batch, observer=observe)
     fields = {}
     for name, s in stats.items():

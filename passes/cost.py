@@ -136,3 +136,9 @@ def clustered_cost(net, clusters, codebook_bits):
     table, _ = cost_table(layer_costs(net))
     table, totals = with_param_bytes(table, overrides)
     return {"layers": table, "totals": totals}
+
+
+def net_cost(net):
+    """The cost model of a built net as a JSON-ready dict: per-layer rows and totals."""
+    table, totals = cost_table(layer_costs(net))
+    return {"layers": table, "totals": totals}

@@ -40,3 +40,12 @@ def with_data_layers(param, source, batch_size=100, scale=None, mean=None, outpu
         if k != 1:
             accuracy.accuracy_param.top_k = k
     return edited
+
+
+def search_param(model, data=None, batch_size=100, scale=None, mean=None):
+    """The net a search works on: None for the prototxt as it is (the searches read it), or,
+    with ``data`` (an LMDB), the deploy net given Data and Accuracy layers."""
+    if not data:
+        return None
+    from ristretto_py.caffe_io import read_net_text
+    return with_data_layers(read_net_text(model), data, batch_size, scale, mean)

@@ -1,9 +1,11 @@
 """Weight sharing by k-means (Deep Compression), per layer, per layer type, per regex group or
 with one codebook for all (DESIGN section 3).
 
-Each group's weights (biases stay float32) are clustered in 1-D with scikit-learn's ``KMeans``:
-linear initialisation over [min, max] (the best of Deep Compression's three), ``n_init=1``,
-seeded. A group with at most K distinct values keeps them exactly. The codebook can be stored as
+Each group's weights (biases stay float32) are clustered in 1-D with scikit-learn's ``KMeans``
+(``n_init=1``) from one of Deep Compression's three initialisations: linear over [min, max] (the
+default, the best of them), density (quantiles of the weights, evenly spaced on the CDF) or
+random (K distinct weights drawn with the seed). Linear and density are deterministic, and
+Lloyd's iterations from a given start are too, so only ``random`` depends on the seed. A group with at most K distinct values keeps them exactly. The codebook can be stored as
 float32, or trimmed with Ristretto's mini-float rule (the hybrid scheme) or to dynamic fixed point;
 each weight becomes its centroid, so the result is an ordinary caffemodel.
 
@@ -19,10 +21,12 @@ import numpy as np
 
 from ristretto_py import numerics
 from ristretto_py.errors import NetError, RistrettoError
+from ristretto_py.progress import progress as show_progress
 
 CLUSTERED_TYPES = ("Convolution", "InnerProduct", "Deconvolution", "ConvolutionRistretto",
                    "FcRistretto", "DeconvolutionRistretto")
 SCOPES = ("layer", "global", "type")
+INITS = ("linear", "density", "random")
 FLOAT_BITS = 32
 
 
@@ -135,15 +139,29 @@ def group_layers(layers, scope):
     raise RistrettoError(f"--scope must be layer, global, type or regex:PATTERN, not {scope!r}")
 
 
-def kmeans_1d(values, k, seed):
-    """(centroids sorted ascending, index of each value) by scikit-learn KMeans, linear init."""
+def initial_centroids(values, distinct, k, init="linear", seed=0):
+    """K starting centroids (float64, K x 1) of the 1-D ``values`` (``distinct``: their sorted
+    distinct values, more than K of them)."""
+    if init == "linear":
+        start = np.linspace(values.min(), values.max(), k, dtype=np.float64)
+    elif init == "density":
+        start = np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, k))
+    elif init == "random":
+        start = np.sort(np.random.default_rng(seed).choice(distinct, size=k, replace=False))
+    else:
+        raise RistrettoError(f"k-means initialisation must be one of {', '.join(INITS)}, not {init!r}")
+    return np.asarray(start, np.float64).reshape(-1, 1)
+
+
+def kmeans_1d(values, k, seed, init="linear"):
+    """(centroids sorted ascending, index of each value) by scikit-learn KMeans from ``init``."""
     from sklearn.cluster import KMeans
     values = np.asarray(values, np.float32).reshape(-1)
     distinct = np.unique(values)
     if distinct.size <= k:
         centroids = np.concatenate([distinct, np.full(k - distinct.size, distinct[-1], np.float32)])
         return centroids, np.searchsorted(distinct, values).astype(np.int64)
-    init = np.linspace(values.min(), values.max(), k, dtype=np.float64).reshape(-1, 1)
+    init = initial_centroids(values, distinct, k, init, seed)
     model = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed, algorithm="lloyd")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # "fewer distinct clusters than K" is handled below
@@ -155,18 +173,18 @@ def kmeans_1d(values, k, seed):
     return centroids, rank[model.labels_]
 
 
-def cluster_net(net, k, scope="layer", layer_names=None, codebook=Codebook(), seed=0, progress=False):
+def cluster_net(net, k, scope="layer", layer_names=None, codebook=Codebook(), seed=0, progress=False,
+                init="linear"):
     """(new Net with clustered weights, [Cluster]) for every group of the scope."""
     check_clusters(k)
+    if init not in INITS:
+        raise RistrettoError(f"k-means initialisation must be one of {', '.join(INITS)}, not {init!r}")
     groups = group_layers(select_layers(net, layer_names), scope)
     clusters = []
-    items = groups.items()
-    if progress:
-        from tqdm import tqdm
-        items = tqdm(list(items), desc=f"k-means K={k}", unit="codebook", leave=False)
-    for name, members in items:
+    for name, members in show_progress(list(groups.items()), f"k-means K={k}", "codebook",
+                                       progress):
         values = np.concatenate([np.ravel(l.blobs[0]) for l in members])
-        centroids, labels = kmeans_1d(values, k, seed)
+        centroids, labels = kmeans_1d(values, k, seed, init)
         centroids = codebook.trim(centroids)
         indices, start = {}, 0
         for l in members:

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from ristretto_py.progress import progress as show_progress
+
 from .quantize_report import layer_precisions, weight_bytes
 from .sensitivity import CachedEvaluator, analyze
 
@@ -90,11 +92,7 @@ def per_layer_search(quantizer, uniform_result, score="accuracy", progress=False
             score_now, blobs, snapshots = evaluator.evaluate(trial, current)
             trials.append(Trial(dict(trial), score_now, size(trial), score_now + margin >= baseline))
             current = (trial, blobs, snapshots)
-    steps = order
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(order, desc="per-layer search", unit="part", leave=False)
-    for layer, part in steps:
+    for layer, part in show_progress(order, "per-layer search", "part", progress):
         # The lowest passing width of this part, by bisection between 1 and the current width
         # (which passes); every passing trial becomes the new reference.
         low, high = 1, current[0][layer][0 if part == "weights" else 1]

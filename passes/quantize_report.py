@@ -1,6 +1,8 @@
 """What a quantize run costs and saves: Ristretto's summary table, weight bytes before and after,
-the share of values each layer's formats saturate, and the report files (``report.json``,
-``report.md`` with a PNG plot of score against bit width)."""
+the share of values each layer's formats saturate, whether the written net keeps the margin,
+and the report files every ``--report`` writes (``report.json``, ``report.md`` and
+``score_vs_bits.png``, which marks the chosen widths and the final net's score)."""
+import dataclasses
 import json
 import math
 import os
@@ -8,7 +10,7 @@ import os
 import numpy as np
 
 from ristretto_py import numerics
-from ristretto_py.atomic import atomic_output, write_text
+from ristretto_py.atomic import atomic_output, make_directory, write_text
 from ristretto_py.precision import DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision
 
 RISTRETTO_TYPES = ("ConvolutionRistretto", "FcRistretto", "DeconvolutionRistretto")
@@ -84,6 +86,39 @@ def parameter_saturation(net, precisions):
     return shares
 
 
+@dataclasses.dataclass
+class Measurement:
+    """What the written net costs and clips, measured against the float net."""
+    weight_bytes_before: int
+    weight_bytes_after: int
+    activation_counts: dict = dataclasses.field(default_factory=dict)
+    param_shares: dict = dataclasses.field(default_factory=dict)
+
+
+def measure(quantizer, quantized):
+    """Weight bytes before and after, and the share of values the formats of ``quantized`` (a
+    NetParameter) clip: parameters directly, activations over one more pass of the float TEST
+    net on the search's batches (counted in ``quantizer.forward_passes``)."""
+    float_net = quantizer.build(quantizer.param)
+    precisions = layer_precisions(quantized)
+    observe, counts = saturation_observer(precisions)
+    quantizer.evaluate(quantizer.param, "saturation (float net)", observer=observe)
+    return Measurement(weight_bytes(float_net), weight_bytes(float_net, precisions), counts,
+                       parameter_saturation(float_net, precisions))
+
+
+def margin_verdict(baseline, score, margin, advice=None):
+    """(kept, sentence): whether ``score`` keeps Ristretto's margin (score + margin/100 >=
+    baseline, the rule every candidate is judged by) and a sentence that says so."""
+    floor = float(baseline) - margin / 100
+    if float(score) + margin / 100 >= float(baseline):
+        return True, f"within the margin: {float(score):g} >= {floor:g}"
+    advice = advice or ("--integer_length safe (no activation clips at its observed maximum) "
+                        "or --search per_layer finds a net that keeps it")
+    return False, (f"outside the margin: {float(score):g} < {floor:g} (float {float(baseline):g} "
+                   f"minus the {margin:g}-point margin); {advice}")
+
+
 def summary_lines(result):
     """Ristretto's closing log, line for line."""
     lines = ["------------------------------", "Network accuracy analysis for"]
@@ -128,9 +163,15 @@ def summary_lines(result):
     return lines
 
 
-def build_report(result, weight_bytes_before, weight_bytes_after, activation_counts,
-                 param_shares, settings):
-    """The report as a JSON-ready dict."""
+def build_report(result, measurement, settings, margin_advice=None):
+    """The core report every ``--report`` writes, as a JSON-ready dict: settings, float and
+    final scores and whether the final net keeps the margin, every candidate, the chosen widths,
+    weight bytes before and after, forward batches, and per layer ranges, integer lengths and
+    saturation. Modes add their own keys to it."""
+    activation_counts, param_shares = measurement.activation_counts, measurement.param_shares
+    before, after = measurement.weight_bytes_before, measurement.weight_bytes_after
+    kept, verdict = margin_verdict(result.baseline, result.final_score,
+                                   settings["error_margin"], margin_advice)
     layers = {}
     for name, length in result.lengths.items():
         entry = result.ranges[name]
@@ -149,14 +190,15 @@ def build_report(result, weight_bytes_before, weight_bytes_after, activation_cou
         "candidates": [{"stage": c.stage, "bit_width": c.bit_width, "score": c.score,
                         "passed": c.passed} for c in result.candidates],
         "chosen": result.chosen, "exp_bits": result.exp_bits,
-        "weight_bytes_before": weight_bytes_before, "weight_bytes_after": weight_bytes_after,
-        "compression": weight_bytes_before / weight_bytes_after if weight_bytes_after else None,
+        "within_margin": kept, "margin_verdict": verdict,
+        "weight_bytes_before": before, "weight_bytes_after": after,
+        "compression": before / after if after else None,
         "forward_batches": result.forward_passes, "layers": layers}
 
 
 def write_report(directory, report):
     """Write report.json, report.md and score_vs_bits.png into ``directory`` (created)."""
-    os.makedirs(directory, exist_ok=True)
+    make_directory(directory)
     write_text(os.path.join(directory, "report.json"), json.dumps(report, indent=2) + "\n")
     plot = os.path.join(directory, "score_vs_bits.png")
     _plot(report, plot)
@@ -174,10 +216,21 @@ def _plot(report, path):
             stages.append(c["stage"])
     for stage in stages:
         points = [(c["bit_width"], c["score"]) for c in report["candidates"] if c["stage"] == stage]
-        axes.plot(*zip(*points), marker="o", label=STAGE_TITLES.get(stage, stage))
+        width = _chosen_width(report, stage)
+        label = STAGE_TITLES.get(stage, stage) + (f" (chosen: {width} bits)" if width else "")
+        line, = axes.plot(*zip(*points), marker="o", label=label)
+        chosen = [p for p in points if p[0] == width]
+        if chosen:
+            axes.plot(*chosen[0], marker="*", markersize=16, color=line.get_color(),
+                      markeredgecolor="black", linestyle="none")
+    axes.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black",
+              linestyle="none", label="chosen width")
     axes.axhline(report["float_score"], color="gray", linestyle="--", label="float baseline")
     margin = report["settings"]["error_margin"] / 100
     axes.axhline(report["float_score"] - margin, color="red", linestyle=":", label="margin")
+    kept = "within" if report["within_margin"] else "outside"
+    axes.axhline(report["final_score"], color="black", linewidth=2,
+                 label=f"final net: {report['final_score']:.4g} ({kept} the margin)")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("bit width")
     axes.set_ylabel("score")
@@ -189,6 +242,15 @@ def _plot(report, path):
     plt.close(figure)
 
 
+def _chosen_width(report, stage):
+    chosen = report.get("uniform_chosen") or report["chosen"]
+    if stage in chosen and isinstance(chosen[stage], int):
+        return chosen[stage]
+    if stage == "minifloat":
+        return chosen.get("bit_width")
+    return None
+
+
 def _fmt(value, pattern="{:.2%}"):
     return "-" if value is None else pattern.format(value)
 
@@ -196,7 +258,7 @@ def _fmt(value, pattern="{:.2%}"):
 def _markdown(report):
     lines = [f"# Quantization report: {report['trimming_mode']}", "",
              f"- float score: {report['float_score']:.4f}",
-             f"- final score: {report['final_score']:.4f}",
+             f"- final score: {report['final_score']:.4f} ({report['margin_verdict']})",
              f"- chosen: {json.dumps(report['chosen'])}",
              f"- weight bytes: {report['weight_bytes_before']:,} -> {report['weight_bytes_after']:,}"
              + (f" ({report['compression']:.2f}x smaller)" if report["compression"] else ""),

@@ -3,9 +3,11 @@ InnerProduct layers see, and the integer lengths Ristretto derives from them (DE
 
 Ristretto (``Net::RangeInLayers``) takes, over 10 batches of the TRAIN-phase net, max |x| of the
 first bottom, of the first top and of the weights (not the bias) of every layer whose type is
-exactly "Convolution" or "InnerProduct", and reads the blobs after the whole forward pass: with
-an in-place ReLU after a convolution it sees the ReLU's output. ``after_forward=True`` reproduces
-that reading; the default records each layer's true input and output as it runs.
+exactly "Convolution" or "InnerProduct", and reads the blobs after the whole forward pass, in its
+CPU and its GPU build alike: with an in-place ReLU after a convolution it sees the ReLU's output.
+Which reading applies follows the integer-length rule, never the ``compat`` build: rule
+"ristretto" reads after the forward pass (both builds do); rule "safe" records each layer's true
+input and output as the layer runs, one of its improvements over Ristretto.
 
 Integer lengths, Ristretto's rule: il_in = ceil(log2 max_in), il_out = ceil(log2 max_out),
 il_params = ceil(log2 max_weights + 1). The activation rule is one bit short for a signed format
@@ -20,6 +22,7 @@ import math
 import numpy as np
 
 from ristretto_py.errors import NetError
+from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
 RANGED_TYPES = ("Convolution", "InnerProduct")
@@ -41,8 +44,18 @@ def _max_abs(array):
     return float(np.max(np.abs(array))) if np.size(array) else -10.0   # Ristretto's start value
 
 
-def analyze_ranges(net, batches, after_forward=False, progress=False):
-    """LayerRange per Convolution/InnerProduct layer of ``net`` (in net order) over ``batches``."""
+def reads_after_forward(rule):
+    """Whether the range analysis for integer-length ``rule`` reads blobs after the forward pass
+    (Ristretto's reading) rather than each layer's true input and output."""
+    if rule not in RULES:
+        raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+    return rule == "ristretto"
+
+
+def analyze_ranges(net, batches, rule="ristretto", progress=False):
+    """LayerRange per Convolution/InnerProduct layer of ``net`` (in net order) over ``batches``,
+    read as integer-length ``rule`` asks (see the module docstring)."""
+    after_forward = reads_after_forward(rule)
     ranges = {}
     for layer in net.layers:
         if layer.type in RANGED_TYPES:
@@ -61,11 +74,7 @@ def analyze_ranges(net, batches, after_forward=False, progress=False):
             entry.max_out = max(entry.max_out, _max_abs(tops[0]))
 
     runtime = NumpyRuntime(net)
-    steps = batches
-    if progress:
-        from tqdm import tqdm
-        steps = tqdm(batches, desc="range analysis (TRAIN net)", unit="batch", leave=False)
-    for batch in steps:
+    for batch in show_progress(batches, "range analysis (TRAIN net)", "batch", progress):
         blobs = runtime.forward(batch, observer=observe)
         if after_forward:
             for layer in net.layers:

@@ -1,7 +1,9 @@
 """Ristretto's ``quantize``, decision for decision (DESIGN section 4).
 
 1. Score the float TEST net over ``iterations`` batches (the baseline).
-2. Range analysis over 10 batches of the TRAIN net (``passes.ranges``).
+2. Range analysis over 10 batches of the TRAIN net (``passes.ranges``), read as the
+   integer-length rule asks: after the whole forward pass for "ristretto" (as both of its builds
+   read it), each layer's true input and output for "safe".
 3. Trimming mode:
    * dynamic_fixed_point: 16, 8, 4, 2, 1 bits for all Convolution weights (stop after the first
      failure), then for all InnerProduct weights, then for all layer activations; each part
@@ -122,8 +124,8 @@ class RistrettoQuantizer:
         train_net = self.build(self.param, "TRAIN")
         train_batches = fetch_batches(train_net, RANGE_BATCHES, seed=self.seed)
         self.forward_passes += RANGE_BATCHES
-        found = range_analysis.analyze_ranges(train_net, train_batches,
-                                              after_forward=self.compat == "cpu",
+        # The reading follows the integer-length rule: "ristretto" reads as both builds do.
+        found = range_analysis.analyze_ranges(train_net, train_batches, rule=self.rule,
                                               progress=self.progress)
         lengths = {name: edit.IntegerLengths(*range_analysis.integer_lengths(entry, self.rule))
                    for name, entry in found.items()}

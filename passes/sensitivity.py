@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from ristretto_py.errors import NetError
+from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
 from . import ristretto_edit as edit
@@ -123,10 +124,7 @@ def analyze(evaluator, widths=(16, 8, 6, 4, 2), parts=("weights", "activations")
     """One row per (layer, part, width): that layer alone quantized, the rest float."""
     rows = []
     steps = [(layer, part, bits) for layer in evaluator.layers for part in parts for bits in widths]
-    if evaluator.progress:
-        from tqdm import tqdm
-        steps = tqdm(steps, desc="sensitivity", unit="config", leave=False)
-    for layer, part, bits in steps:
+    for layer, part, bits in show_progress(steps, "sensitivity", "config", evaluator.progress):
         config = {layer: (bits, None) if part == "weights" else (None, bits)}
         score, blobs, _ = evaluator.evaluate(config)
         rows.append(SensitivityRow(layer, part, bits, score,

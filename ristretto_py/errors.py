@@ -41,3 +41,12 @@ class NetError(RistrettoError):
 
 class UnsupportedError(RistrettoError):
     """Something valid in Caffe that this tool does not handle (an unknown layer type, ...)."""
+
+
+class ResourceError(RistrettoError):
+    """Work that would need more memory (or other resources) than the machine allows."""
+
+
+class RistrettoWarning(UserWarning):
+    """Something the user should know that does not stop the work (weights the prototxt
+    ignores, a flag that changes nothing, ...). The tools print it as one ``warning:`` line."""

@@ -1,16 +1,79 @@
 """Turn an image file (or a ``.npy`` array) into a net's N x C x H x W float32 input, the way
 Caffe's tools and its data transformer prepare one: OpenCV decoding (BGR), optional resize
-(bilinear) and grayscale, mean subtraction, then scaling."""
+(bilinear) and grayscale, mean subtraction, then scaling.
+
+OpenCV's own log lines are silenced, and what its codecs (libjpeg, libpng) print on a damaged
+file is captured: a file that cannot be decoded is one error line, one decoded despite damage is
+one warning line, never a codec's raw output."""
+import contextlib
 import os
+import sys
+import tempfile
+import warnings
 
 import numpy as np
 
-from .errors import FormatError, RistrettoError
+from . import memory_budget
+from .errors import FormatError, RistrettoError, RistrettoWarning
+
+_cv2 = None
+
+
+def opencv():
+    """The cv2 module, with its logging silenced (once)."""
+    global _cv2
+    if _cv2 is None:
+        import cv2
+        with contextlib.suppress(AttributeError):
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _cv2 = cv2
+    return _cv2
+
+
+@contextlib.contextmanager
+def _codec_messages():
+    """Collect what native code writes to file descriptor 2 inside the block."""
+    messages = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):         # no usable descriptor 2: nothing to capture
+        yield messages
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in
+                            sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def decode(data_or_path, flags, path=None, what="file"):
+    """``cv2.imread`` (a path) or ``cv2.imdecode`` (bytes) with the codecs' messages captured:
+    None and an error naming ``path`` when nothing decodes, a warning when damage was
+    reported but an image came out."""
+    cv2 = opencv()
+    with _codec_messages() as messages:
+        if isinstance(data_or_path, (bytes, bytearray, memoryview, np.ndarray)):
+            image = cv2.imdecode(np.frombuffer(data_or_path, np.uint8), flags)
+        else:
+            image = cv2.imread(data_or_path, flags)
+    detail = f" ({'; '.join(messages)})" if messages else ""
+    if image is None:
+        raise FormatError(f"OpenCV cannot decode this {what} as an image{detail}", path=path)
+    if messages:
+        warnings.warn(f"{path}: damaged image, decoded anyway{detail}", RistrettoWarning,
+                      stacklevel=3)
+    return image
 
 
 def read_image(path, grayscale=False):
     """Decode an image file with OpenCV: H x W x 3 uint8 in BGR order (H x W if grayscale)."""
-    import cv2
+    cv2 = opencv()
     path = os.fspath(path)
     # Checked first: OpenCV would print its own warning for a missing file before returning None.
     if not os.path.exists(path):
@@ -19,10 +82,17 @@ def read_image(path, grayscale=False):
         raise FormatError("is a directory, not an image", path=path)
     if not os.access(path, os.R_OK):
         raise FormatError("cannot read: permission denied", path=path)
-    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
-    if image is None:
-        raise FormatError("OpenCV cannot decode this file as an image", path=path)
-    return image
+    return decode(path, cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR, path)
+
+
+def resize_image(image, width, height):
+    """Bilinear resize to ``width`` x ``height``, refused up front when the result (and the
+    float32 input made from it) would not fit the memory limit."""
+    cv2 = opencv()
+    channels = image.shape[2] if image.ndim == 3 else 1
+    memory_budget.check(memory_budget.array_bytes((height, width, channels), 1 + 4),
+                        f"resizing an image to {width}x{height}", hint="use a smaller --resize")
+    return cv2.resize(image, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
 
 
 def prepare_image(image, resize=None, mean=None, scale=None):
@@ -32,10 +102,8 @@ def prepare_image(image, resize=None, mean=None, scale=None):
     does. ``mean``: one value per channel (or one for all), subtracted; ``scale`` multiplies
     the result afterwards, as Caffe's DataTransformer computes (pixel - mean) * scale.
     """
-    import cv2
     if resize is not None:
-        width, height = (int(v) for v in resize)
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        image = resize_image(image, *resize)
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

@@ -5,9 +5,52 @@ import os
 
 import numpy as np
 
-from . import caffe_io
+from . import caffe_io, memory_budget
 from .errors import FormatError, NetError
 from .protos import caffe_pb2
+
+
+_environments = {}     # real path -> [lmdb.Environment, number of users]
+
+
+def open_lmdb(path, layer=None):
+    """Open an LMDB database read-only: a folder holding ``data.mdb`` (as Caffe writes it) or
+    the data file itself; a clear error when the path holds none. LMDB allows one environment
+    per database and process, so users of one database share it (a batch being streamed while
+    a net reads its first record for a shape); give it back with ``close_lmdb``."""
+    import lmdb
+    path = str(path)
+    if not path:
+        raise NetError("data_param.source is empty: give the LMDB path", layer=layer)
+    if not os.path.exists(path):
+        raise FormatError("LMDB database does not exist", path=path, layer=layer)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise FormatError("is a directory that holds no LMDB database (no data.mdb)", path=path,
+                          layer=layer)
+    key = os.path.realpath(path)
+    entry = _environments.get(key)
+    if entry is None:
+        try:
+            environment = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                    subdir=os.path.isdir(path))
+        except lmdb.Error as exc:
+            raise FormatError(f"not a readable LMDB database ({exc})", path=path,
+                              layer=layer) from None
+        entry = _environments[key] = [environment, 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def close_lmdb(environment):
+    """Give back an environment from ``open_lmdb``; the last user closes it."""
+    for key, entry in list(_environments.items()):
+        if entry[0] is environment:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _environments[key]
+                environment.close()
+            return
+    environment.close()
 
 
 class LmdbReader:
@@ -16,17 +59,16 @@ class LmdbReader:
     def __init__(self, path, layer=None):
         import lmdb
         self.path, self.layer = str(path), layer
-        if not os.path.exists(self.path):
-            raise FormatError("LMDB database does not exist", path=self.path, layer=layer)
+        self._env = open_lmdb(self.path, layer)
         try:
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                                  subdir=os.path.isdir(self.path))
             self._txn = self._env.begin()
             self.count = self._txn.stat()["entries"]
         except lmdb.Error as exc:
+            self.close()
             raise FormatError(f"not a readable LMDB database ({exc})", path=self.path,
                               layer=layer) from None
         if self.count == 0:
+            self.close()
             raise FormatError("LMDB database is empty", path=self.path, layer=layer)
         self._cursor = self._txn.cursor()
         self._cursor.first()
@@ -50,19 +92,23 @@ class LmdbReader:
         return key, datum
 
     def close(self):
-        self._env.close()
+        if getattr(self, "_txn", None) is not None:
+            self._txn.abort()
+            self._txn = None
+        if self._env is not None:
+            close_lmdb(self._env)
+            self._env = None
 
 
 def datum_to_array(datum, force_color=False, force_gray=False, where=None):
     """A Datum's image as a C x H x W float32 array (BGR channel order as stored)."""
     path, key = where or (None, None)
     if datum.encoded:
-        import cv2
+        from .images import decode, opencv
+        cv2 = opencv()
         flags = cv2.IMREAD_COLOR if force_color else (
             cv2.IMREAD_GRAYSCALE if force_gray else cv2.IMREAD_UNCHANGED)
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flags)
-        if image is None:
-            raise FormatError(f"record {key!r} holds an image OpenCV cannot decode", path=path)
+        image = decode(datum.data, flags, path, f"record {key!r}")
         if image.ndim == 2:
             image = image[:, :, None]
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
@@ -135,27 +181,43 @@ class DataLayerFeed:
             raise NetError("only LMDB databases are supported (data_param.backend: LMDB)",
                            layer=layer.name)
         self.layer = layer
-        self.batch_size = p.batch_size or 1
+        self.batch_size = p.batch_size
+        if self.batch_size < 1:
+            raise NetError("data_param.batch_size is 0 (or missing): give the number of images "
+                           "per batch, as Caffe requires", layer=layer.name)
         self.reader = LmdbReader(source or p.source, layer=layer.name)
         self.transform = DataTransformer(layer.spec.transform_param, phase, seed, layer.name)
 
     def next_batch(self):
-        images, labels = [], []
-        for _ in range(self.batch_size):
+        """The next ``batch_size`` records, transformed; the batch's size is checked against
+        the memory limit when its first image is known, before the rest is read."""
+        data, labels = None, np.empty(self.batch_size, np.float32)
+        for index in range(self.batch_size):
             key, datum = self.reader.next_datum()
-            image = datum_to_array(datum, self.transform.force_color, self.transform.force_gray,
-                                   (self.reader.path, key))
-            images.append(self.transform(image))
-            labels.append(datum.label)
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise FormatError(f"records have different shapes {sorted(shapes)} within a batch",
-                              path=self.reader.path, layer=self.layer.name)
+            image = self.transform(datum_to_array(datum, self.transform.force_color,
+                                                  self.transform.force_gray, (self.reader.path, key)))
+            if data is None:
+                shape = (self.batch_size,) + image.shape
+                memory_budget.check(memory_budget.array_bytes(shape),
+                                    f"a batch of {self.batch_size:,} images of "
+                                    f"{'x'.join(map(str, image.shape))}", path=self.reader.path,
+                                    layer=self.layer.name, hint="lower data_param.batch_size")
+                data = np.empty(shape, np.float32)
+            elif image.shape != data.shape[1:]:
+                raise FormatError(f"records have different shapes {list(data.shape[1:])} and "
+                                  f"{list(image.shape)} within a batch (record {key!r})",
+                                  path=self.reader.path, layer=self.layer.name)
+            data[index] = image
+            labels[index] = datum.label
         tops = self.layer.tops
-        batch = {tops[0]: np.stack(images)}
+        batch = {tops[0]: data}
         if len(tops) > 1:
-            batch[tops[1]] = np.asarray(labels, np.float32)
+            batch[tops[1]] = labels
         return batch
+
+    def batch_bytes(self, shape):
+        """Bytes of one batch of images of ``shape`` (C x H x W) with its labels."""
+        return memory_budget.array_bytes((self.batch_size,) + tuple(shape)) + 4 * self.batch_size
 
     def close(self):
         self.reader.close()

@@ -5,6 +5,7 @@ import tempfile
 
 import numpy as np
 
+from . import atomic
 from .errors import RistrettoError
 from .protos import caffe_pb2
 
@@ -36,31 +37,41 @@ def write_lmdb(path, datums, map_size=None):
     """Write ``datums`` (Datum, or (Datum, name) pairs) under keys ``%08d`` (or Caffe's
     ``%08d_<name>``) into a new LMDB at ``path``.
 
-    The database is built in a temporary directory beside ``path`` and renamed into place, so
-    a failure leaves no half-written database. An existing ``path`` is refused."""
+    The database is built in a temporary directory beside ``path`` and renamed into place (at
+    the end of an enclosing ``atomic.all_or_nothing``), so a failure leaves no half-written
+    database. An existing ``path`` is refused."""
     import lmdb
     path = os.fspath(path)
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise RistrettoError("already exists: refusing to overwrite a database", path=path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise RistrettoError("cannot write: the directory does not exist", path=path)
-    staging = tempfile.mkdtemp(prefix=".tmp-lmdb-", dir=parent)
+    parent = atomic.staging_directory(path)
+    try:
+        staging = tempfile.mkdtemp(prefix=".tmp-lmdb-", dir=parent)
+    except OSError as exc:
+        raise RistrettoError(f"cannot write: {exc.strerror}", path=path) from None
     count = 0
     try:
-        env = lmdb.open(staging, map_size=map_size or 1 << 34, subdir=True, meminit=False)
-        txn = env.begin(write=True)
-        for count, item in enumerate(datums, 1):
-            datum, name = item if isinstance(item, tuple) else (item, None)
-            key = b"%08d" % (count - 1) + (b"_" + name.encode("utf-8") if name else b"")
-            txn.put(key, datum.SerializeToString())
-            if count % 1000 == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-        env.sync()
-        env.close()
-        os.rename(staging, path)
+        try:
+            env = lmdb.open(staging, map_size=map_size or 1 << 34, subdir=True, meminit=False)
+        except lmdb.Error as exc:
+            raise RistrettoError(f"cannot create the database ({exc})", path=path) from None
+        try:
+            txn = env.begin(write=True)
+            for count, item in enumerate(datums, 1):
+                datum, name = item if isinstance(item, tuple) else (item, None)
+                key = b"%08d" % (count - 1) + (b"_" + name.encode("utf-8") if name else b"")
+                txn.put(key, datum.SerializeToString())
+                if count % 1000 == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+            env.sync()
+        except lmdb.Error as exc:
+            raise RistrettoError(f"cannot write the database after {count} records ({exc})",
+                                 path=path) from None
+        finally:
+            env.close()
+        atomic.finish(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

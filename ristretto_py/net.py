@@ -6,10 +6,12 @@ rules, checked on construction (known types, bottoms produced before use, blob c
 shapes), with shape inference for every blob. Nets and layers are not mutated after
 construction: passes build new ones (``Net.with_layers``, ``Layer.replace``).
 """
+import warnings
+
 import numpy as np
 
 from . import caffe_io
-from .errors import FormatError, NetError, RistrettoError
+from .errors import FormatError, NetError, ResourceError, RistrettoError, RistrettoWarning
 from .layers import base as layer_base
 from .protos import caffe_pb2
 
@@ -157,12 +159,20 @@ class Net:
             stages = tuple(stages) or tuple(net_param.state.stage)
         layers = [Layer(spec) for spec in net_param.layer
                   if layer_in_state(spec, PHASES[phase], level, stages)]
+        if not layers:
+            problem = ("defines no layers" if not len(net_param.layer) else
+                       f"none of its {len(net_param.layer)} layers is in the {phase} phase")
+            if weights_param is not None and len(weights_param.layer):
+                problem += (f", so no layer matches the {len(weights_param.layer)} layers of "
+                            f"{weights_source or 'the weights file'}")
+            raise NetError(problem, path=source)
         net = cls(layers, name=net_param.name, phase=phase, input_shapes=input_shapes,
                   source=source)
         blob_source = weights_param
         if blob_source is None and any(len(spec.blobs) for spec in net_param.layer):
             blob_source, weights_source = net_param, source
         if blob_source is not None:
+            _warn_unmatched(blob_source, net_param, weights_source, source)
             net = net._with_weights(blob_source, weights_source)
         return net
 
@@ -305,10 +315,14 @@ class Net:
                     raise NetError(f"top '{top}' would have the invalid shape {list(shape)} "
                                    f"(bottoms {[list(s) for s in bottom_shapes]})",
                                    path=self.source, layer=layer.name)
-                if int(np.prod(shape, dtype=np.float64)) > MAX_BLOB_VALUES:
-                    raise NetError(f"top '{top}' would hold {list(shape)} values, more than "
-                                   "any real net needs: check the shapes", path=self.source,
-                                   layer=layer.name)
+                values = int(np.prod(shape, dtype=np.float64))
+                if values > MAX_BLOB_VALUES:
+                    raise ResourceError(f"top '{top}' of shape {list(shape)} would hold "
+                                        f"{values:,} values ({values * 4 / 2 ** 30:,.1f} GiB as "
+                                        "float32), more than the limit of 8 GiB for one blob "
+                                        "(no real net needs more): check the shapes and the "
+                                        "batch size",
+                                        path=self.source, layer=layer.name)
                 shapes[top] = shape
             per_layer[layer.name] = (bottom_shapes, tops)
         return shapes, per_layer
@@ -328,6 +342,20 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.name!r}, {len(self.layers)} layers, phase={self.phase})"
+
+
+def _warn_unmatched(weights_param, net_param, weights_source, model_source):
+    """Caffe silently skips weights whose layer name the prototxt lacks; say which were
+    ignored (layers of every phase count as matched)."""
+    declared = {spec.name for spec in net_param.layer}
+    ignored = [spec.name for spec in weights_param.layer
+               if len(spec.blobs) and spec.name not in declared]
+    if ignored:
+        shown = ", ".join(ignored[:8]) + (f" and {len(ignored) - 8} more" if len(ignored) > 8 else "")
+        weights_name = weights_source or "the weights"
+        warnings.warn(f"{weights_name}: {len(ignored)} layer(s) with weights match no layer of "
+                      f"{model_source or 'the net definition'} and are ignored: {shown}",
+                      RistrettoWarning, stacklevel=3)
 
 
 def _compatible_types(stored, declared):

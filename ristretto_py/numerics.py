@@ -1,7 +1,10 @@
 """Ristretto's trimming rules, reproduced bit for bit in float32. Nothing else in ristretto-py
 rounds values to a precision: every runtime and pass calls these functions.
 
-Two builds of Ristretto disagree (DESIGN section 3); ``compat`` picks one:
+Ristretto's two builds disagree in three places only (DESIGN section 3): the two rounding rules
+below and, in ``precision``, whether power-of-two layers trim their activations. Everything else
+is common to both, including the range reading of ``quantize`` (after the forward pass) and the
+in-place trimming of a layer's inputs. ``compat`` picks the build:
 * ``"gpu"`` (default): its documented semantics, which its CUDA kernels implement: NEAREST is
   round-half-to-even (``rint``); mini-float trims every element.
 * ``"cpu"``: its CPU build: NEAREST is round-half-away-from-zero (C ``round``); in mini-float

@@ -59,7 +59,7 @@ def dfp_net(tmp_path_factory):
     try:
         param = caffe_io.read_net_text(MODEL)
         train = Net.load(MODEL, WEIGHTS, phase="TRAIN")
-        found = ranges.analyze_ranges(train, fetch_batches(train, 2))
+        found = ranges.analyze_ranges(train, fetch_batches(train, 2), rule="safe")
         lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, "safe")) for k, v in found.items()}
         edited = ristretto_edit.dynamic_fixed_point(param, lengths, "Convolution_and_InnerProduct",
                                                     "Parameters_and_Activations", 6, 6, 10, 10)
@@ -166,7 +166,7 @@ def test_folded_open_nsfw_in_dynamic_fixed_point(real_models):
     folded, _ = fold_batchnorm(Net.load(files.prototxt, files.caffemodel))
     image = cv2.imread(str(real_models("mtcnn_pnet").images[0]))
     x = cv2.dnn.blobFromImage(image, 1.0, (224, 224), (104, 117, 123))
-    found = ranges.analyze_ranges(folded, [{"data": x}])
+    found = ranges.analyze_ranges(folded, [{"data": x}], rule="safe")
     lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, "safe")) for k, v in found.items()}
     widths = {name: (8, 8) for name in found}
     param = ristretto_edit.per_layer_dynamic_fixed_point(folded.to_proto(), lengths, widths)

@@ -134,8 +134,13 @@ def test_inner_product_fold_and_nothing_to_fold(tmp_path, capsys):
     args = ["--out-model", str(out_model), "--out-weights", str(out_weights)]
     assert fold_cli.main(["--model", str(model), "--weights", str(weights)] + args) == 0
     capsys.readouterr()
-    assert fold_cli.main(["--model", str(out_model), "--weights", str(out_weights)] + args) == 0
+    again = ["--out_model", str(tmp_path / "g.prototxt"), "--out_weights", str(tmp_path / "g.caffemodel")]
+    assert fold_cli.main(["--model", str(out_model), "--weights", str(out_weights)] + again) == 0
     assert "nothing to fold" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as info:       # --weights is required
-        fold_cli.main(["--model", str(model), "--out-model", "x", "--out-weights", "y"])
-    assert info.value.code == 2
+    # Folding in place would overwrite the inputs: refused, the files untouched.
+    before = out_weights.read_bytes()
+    assert fold_cli.main(["--model", str(out_model), "--weights", str(out_weights)] + args) == 2
+    assert "names the same file as --model" in capsys.readouterr().err
+    assert out_weights.read_bytes() == before
+    # --weights is required: a usage error, exit code 2
+    assert fold_cli.main(["--model", str(model), "--out-model", "x", "--out-weights", "y"]) == 2

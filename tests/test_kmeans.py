@@ -1,19 +1,26 @@
 """k-means weight sharing: nearest-centroid assignment (Lloyd's fixed point), fewer distinct
 values than K, one codebook across layers, regex groups, the mini-float hybrid, the compression
-ratio by hand, the packed file's exact round trip and byte-identical output for one seed."""
+ratio by hand, the packed file's exact round trip, byte-identical output for one seed, and
+``tools/quantize --trimming_mode kmeans`` on the example (over short index widths: the full
+search from 12 bits, one to four minutes on two cores, is ``benchmarks/kmeans.py --search``)."""
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
 from ristretto_py import Net, caffe_io, numerics
 from ristretto_py.cli import kmeans as kmeans_cli
+from ristretto_py.cli import quantize as quantize_cli
 from ristretto_py.packed import net_with_packed, pack_indices, read_packed, unpack_indices
+from ristretto_py.passes import kmeans_search
 from ristretto_py.passes.kmeans import Codebook, cluster_net, compression, group_layers, kmeans_1d
 from ristretto_py.runtime import NumpyRuntime
 from conftest import write_model
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "lenet_fashion"
 RNG = np.random.default_rng(8)
 TEXT = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
         'layer { name: "conv1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 8 kernel_size: 3 } }\n'
@@ -145,3 +152,53 @@ def test_corrupt_packed_file_is_a_clear_error(tmp_path):
     path.write_bytes(caffe_io.array_to_blob(np.zeros(3, np.float32)).SerializeToString())
     with pytest.raises(FormatError, match="not a ristretto-py packed"):
         read_packed(path)
+
+
+def test_quantize_kmeans_mode_searches_index_widths_and_writes_weights(tmp_path, capsys, monkeypatch):
+    # The real search starts at 12-bit indices (K = 4096), whose k-means on the example's 405,000
+    # fc weights takes minutes; here it starts at 4 bits, and both stages still stop at a failure.
+    assert kmeans_search.INDEX_BITS == tuple(range(12, 0, -1))
+    monkeypatch.setattr(kmeans_search, "INDEX_BITS", (4, 3, 2, 1))
+    monkeypatch.chdir(ROOT)     # the example's LMDB paths are relative, as in Caffe
+    model, weights = EXAMPLE / "lenet_train_test.prototxt", EXAMPLE / "lenet_fashion.caffemodel"
+    out, weights_out, packed = tmp_path / "k.prototxt", tmp_path / "k.caffemodel", tmp_path / "k.pack"
+    code = quantize_cli.main(["--model", str(model), "--weights", str(weights), "--model_quantized", str(out),
+                              "--weights_quantized", str(weights_out), "--packed", str(packed),
+                              "--trimming_mode", "kmeans", "--kmeans_scope", "type", "--error_margin", "1",
+                              "--iterations", "3", "--report", str(tmp_path / "r"), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    for stage in ("conv_params", "fc_params"):
+        cands = [c for c in report["candidates"] if c["stage"] == stage]
+        # from the widest down, stopping at the first failure
+        assert [c["bit_width"] for c in cands] == [4, 3, 2, 1][:len(cands)]
+        assert all(c["passed"] for c in cands[:-1]) and not cands[-1]["passed"]
+        assert report["chosen"][stage] == min(c["bit_width"] for c in cands if c["passed"])
+    # Bytes by hand: n weights of each type at their index width, one float32 codebook of 2^bits
+    # entries per type (scope "type"), biases float32.
+    original = Net.load(model, weights)
+    bits_after = 0
+    for layer_type, stage in (("Convolution", "conv_params"), ("InnerProduct", "fc_params")):
+        n = sum(np.size(l.blobs[0]) for l in original.layers if l.type == layer_type)
+        bits_after += n * report["chosen"][stage] + 2 ** report["chosen"][stage] * 32
+    bits_before = sum(np.size(b) for l in original.layers for b in l.blobs) * 32
+    bits_after += sum(np.size(b) for l in original.layers for b in l.blobs[1:]) * 32
+    assert report["weight_bytes_before"] == bits_before // 8 == 1724320
+    assert abs(report["weight_bytes_after"] - bits_after / 8) <= 0.5
+    assert report["compression"] == pytest.approx(bits_before / bits_after, rel=1e-5)  # whole bytes
+    assert abs(report["cost"]["totals"]["param_bytes"] - report["weight_bytes_after"]) <= 1
+    written = caffe_io.read_net_text(out)
+    assert [l.type for l in written.layer] == [l.type for l in caffe_io.read_net_text(model).layer]
+    net = Net.load(out, weights_out)
+    for layer_type, stage in (("Convolution", "conv_params"), ("InnerProduct", "fc_params")):
+        # scope "type": one codebook of 2^bits values for all layers of a type
+        values = np.concatenate([np.ravel(l.blobs[0]) for l in net.layers if l.type == layer_type])
+        assert len(np.unique(values)) == 2 ** report["chosen"][stage]
+    for a, b in zip(original.layers, net.layers):
+        for x, y in zip(a.blobs[1:], b.blobs[1:]):
+            np.testing.assert_array_equal(x, y)
+    rebuilt = net_with_packed(Net.load(out), packed)
+    for a, b in zip(net.layers, rebuilt.layers):
+        for x, y in zip(a.blobs, b.blobs):
+            np.testing.assert_array_equal(x, y)
+    assert "k-means net:" in capsys.readouterr().out

@@ -83,7 +83,9 @@ def test_evaluation_of_a_tiny_classifier_on_encoded_records(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "not a readable LMDB"),
+    (lambda p: p.mkdir(), "directory that holds no LMDB database"),
+    (lambda p: (p.mkdir(), (p / "data.mdb").write_bytes(b"not an lmdb" * 500)),
+     "not a readable LMDB"),
     (lambda p: write_lmdb(p, []), "empty"),
 ])
 def test_bad_databases_are_clear_errors(tmp_path, setup, message):

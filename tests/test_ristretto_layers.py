@@ -51,10 +51,11 @@ def test_onnx_minifloat_is_bit_exact(exp_bits, mant_bits):
     np.testing.assert_array_equal(ours, reference)
 
 
-def _conv_net(tmp_path, quantization, extra_layers="", rtype="ConvolutionRistretto"):
+def _conv_net(tmp_path, quantization, extra_layers="", rtype="ConvolutionRistretto", weight=None, bias=None):
     rng = np.random.default_rng(5)
-    weight = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
-    bias = rng.standard_normal(4).astype(np.float32)
+    if weight is None:
+        weight = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+        bias = rng.standard_normal(4).astype(np.float32)
     text = DATA + (f'layer {{ name: "conv" type: "{rtype}" bottom: "data" top: "conv" '
                    f'convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 }} '
                    f'quantization_param {{ {quantization} }} }}\n') + extra_layers
@@ -97,51 +98,130 @@ def test_dynamic_fixed_point_convolution(tmp_path, compat):
     np.testing.assert_array_equal(onnx, ours)
 
 
-def test_minifloat_and_power_of_two_layers_on_both_backends(tmp_path):
+def _conv64(x, weight, bias):
+    """The layer's 3x3, pad 1 convolution (plus bias) summed in float64, written out by hand."""
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((x.shape[0], weight.shape[0]) + x.shape[2:]) + bias.astype(np.float64)[:, None, None]
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, :, i:i + x.shape[2], j:j + x.shape[3]]
+            out += np.einsum("nchw,oc->nohw", window, weight[:, :, i, j].astype(np.float64))
+    return out
+
+
+def _signed(rng, low, high, shape):
+    """Magnitudes uniform in [low, high) with random signs (float32)."""
+    return (rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
+
+
+MINIFLOAT = "precision: MINIFLOAT mant_bits: 3 exp_bits: 4"
+POWER_OF_TWO = ("precision: INTEGER_POWER_OF_2_WEIGHTS exp_min: -8 exp_max: -1 "
+                "bw_layer_in: 8 fl_layer_in: 4 bw_layer_out: 8 fl_layer_out: 3")
+
+
+def _exact_case(quantization):
+    """Operands whose trimmed convolution is exact in float32 whatever the order of the sums, so
+    that OpenCV, numpy's BLAS and onnxruntime must give the same bits: (x, weight, bias, trimmed
+    x, trimmed weight, trimmed bias, output trim)."""
+    rng = np.random.default_rng(11)
+    if quantization == MINIFLOAT:
+        # Trimmed to 4 significant bits: |x| in [2^-2, 16] is a multiple of 2^-5, |w| and |b| in
+        # [2^-4, 2] multiples of 2^-7. Products are multiples of 2^-12 below 16 in magnitude;
+        # 27 of them plus the bias stay below 2^9: at most 21 significant bits, all exact.
+        x, weight, bias = (_signed(rng, 0.25, 15.0, (2, 3, 8, 8)), _signed(rng, 1 / 16, 0.9, (4, 3, 3, 3)),
+                           _signed(rng, 1 / 16, 2.0, 4))
+        trim = lambda v: numerics.trim_minifloat(v, 4, 3)  # noqa: E731
+        return x, weight, bias, trim(x), trim(weight), trim(bias), trim
+    # x on the 2^-4 grid (|x| <= 8), weights +-2^-8 .. 2^-1, the untrimmed bias a multiple of
+    # 2^-6: products are multiples of 2^-12 of at most 4, sums below 2^7: 19 bits, exact.
+    x = (rng.standard_normal((2, 3, 8, 8)) * 4).astype(np.float32)
+    weight = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    bias = (rng.integers(-96, 96, 4) / 64).astype(np.float32)
+    trimmed_weight = numerics.trim_power_of_two(weight, -8, -1)
+    assert set(np.abs(trimmed_weight).ravel()) <= {2.0 ** e for e in range(-8, 0)}
+    return (x, weight, bias, numerics.trim_fixed_point(x, 8, 4), trimmed_weight, bias,
+            lambda v: numerics.trim_fixed_point(v, 8, 3))
+
+
+@pytest.mark.parametrize("quantization", [MINIFLOAT, POWER_OF_TWO], ids=["minifloat", "power_of_two"])
+def test_minifloat_and_power_of_two_layers_on_both_backends(tmp_path, quantization):
+    # Exact operands: every backend and OpenCV agree bit for bit.
+    x, weight, bias, tx, tw, tb, trim_out = _exact_case(quantization)
+    net, _, _ = _conv_net(tmp_path, quantization, weight=weight, bias=bias)
+    float_out = _opencv_conv(tmp_path, tx, tw, tb)
+    exact = _conv64(tx, tw, tb)
+    assert np.array_equal(exact.astype(np.float32), exact) and np.array_equal(float_out, exact)
+    expected = trim_out(float_out)
+    ours = NumpyRuntime(net).forward({"data": x})["conv"]
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(OnnxRuntime(net).forward({"data": x})["conv"], ours)
+    assert len(np.unique(ours)) > 40 and not np.array_equal(ours, float_out)
+
+    # Arbitrary operands: float32 sums may round, in an order that differs between backends.
+    # The products of trimmed operands are exact (few significant bits); a sum of n = 28 terms
+    # (27 products, the bias) in any order is within gamma_n * sum|terms| of the exact sum
+    # (gamma_n = n u / (1 - n u), u = 2^-24; Higham, Accuracy and Stability, section 3.1).
+    # Trimming is monotone, so a backend's output lies between the trims of the interval's ends;
+    # where those agree (all but a few values at a rounding boundary) it must equal them.
+    net, weight, bias = _conv_net(tmp_path, quantization)
     x = _input()
-    for quantization in ("precision: MINIFLOAT mant_bits: 3 exp_bits: 4",
-                         "precision: INTEGER_POWER_OF_2_WEIGHTS exp_min: -8 exp_max: -1 "
-                         "bw_layer_in: 8 fl_layer_in: 4 bw_layer_out: 8 fl_layer_out: 3"):
-        net, weight, bias = _conv_net(tmp_path, quantization)
-        ours = NumpyRuntime(net).forward({"data": x})["conv"]
-        if "MINIFLOAT" in quantization:
-            trim = lambda v: numerics.trim_minifloat(v, 4, 3)  # noqa: E731
-            expected = trim(_opencv_conv(tmp_path, trim(x), trim(weight), trim(bias)))
-        else:
-            w = numerics.trim_power_of_two(weight, -8, -1)
-            assert set(np.abs(w).ravel()) <= {2.0 ** e for e in range(-8, 0)}
-            expected = numerics.trim_fixed_point(
-                _opencv_conv(tmp_path, numerics.trim_fixed_point(x, 8, 4), w, bias), 8, 3)
-        assert np.mean(ours != expected) < 0.01
-        np.testing.assert_array_equal(OnnxRuntime(net).forward({"data": x})["conv"], ours)
+    if quantization == MINIFLOAT:
+        tx, tw, tb = (numerics.trim_minifloat(v, 4, 3) for v in (x, weight, bias))
+    else:
+        tx, tw, tb = numerics.trim_fixed_point(x, 8, 4), numerics.trim_power_of_two(weight, -8, -1), bias
+    exact = _conv64(tx, tw, tb)
+    gamma = 28 * 2.0 ** -24 / (1 - 28 * 2.0 ** -24)
+    bound = gamma * (_conv64(np.abs(tx), np.abs(tw), np.abs(tb)))
+    low = trim_out(np.nextafter((exact - bound).astype(np.float32), np.float32(-np.inf)))
+    high = trim_out(np.nextafter((exact + bound).astype(np.float32), np.float32(np.inf)))
+    assert np.mean(low != high) < 0.01
+    for runtime in (NumpyRuntime, OnnxRuntime):
+        out = runtime(net).forward({"data": x})["conv"]
+        assert np.all((low <= out) & (out <= high)), runtime.__name__
+        np.testing.assert_array_equal(out[low == high], low[low == high])
 
 
 def test_power_of_two_cpu_build_does_not_trim_activations(tmp_path):
-    net, weight, bias = _conv_net(tmp_path, "precision: INTEGER_POWER_OF_2_WEIGHTS "
-                                            "bw_layer_in: 2 fl_layer_in: 0 bw_layer_out: 2 fl_layer_out: 0")
+    rng = np.random.default_rng(12)
+    weight = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    bias = (rng.integers(-32, 32, 4) / 64).astype(np.float32)       # exact: multiples of 2^-6
+    net, _, _ = _conv_net(tmp_path, "precision: INTEGER_POWER_OF_2_WEIGHTS bw_layer_in: 2 fl_layer_in: 0 "
+                                    "bw_layer_out: 2 fl_layer_out: 0", weight=weight, bias=bias)
     x = _input()
     gpu = NumpyRuntime(net, compat="gpu").forward({"data": x})["conv"]
     cpu = NumpyRuntime(net, compat="cpu").forward({"data": x})["conv"]
-    assert set(np.unique(gpu)) <= {-2.0, -1.0, 0.0, 1.0}        # 2-bit fixed point output
-    expected = _opencv_conv(tmp_path, x, numerics.trim_power_of_two(weight, -8, -1), bias)
+    w = numerics.trim_power_of_two(weight, -8, -1)       # the default exponents, -8 .. -1
+    assert set(np.abs(w).ravel()) <= {2.0 ** e for e in range(-8, 0)}
+    # GPU build: input and output in 2-bit fixed point with fl 0, i.e. rint clipped to [-2, 1].
+    # The input is then an integer and the weights powers of two >= 2^-8, so the float sums are
+    # exact and the rounded output is known exactly.
+    two_bits = lambda v: np.clip(np.rint(v), -2, 1)  # noqa: E731
+    np.testing.assert_array_equal(gpu, two_bits(_conv64(two_bits(x), w, bias)))
+    assert set(np.unique(gpu)) == {-2.0, -1.0, 0.0, 1.0}
+    # CPU build: neither input nor output is trimmed; only the weights are.
+    expected = _opencv_conv(tmp_path, x, w, bias)
     np.testing.assert_allclose(cpu, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cpu, _conv64(x, w, bias), rtol=1e-5, atol=1e-5)
+    assert len(np.unique(cpu)) == cpu.size and np.abs(cpu).max() > 4     # not on a grid, not clipped
 
 
-def test_cpu_build_trims_the_input_blob_in_place(tmp_path):
-    # A second, plain convolution reads "data" after the Ristretto layer: in the CPU build it
-    # sees the trimmed input, in the GPU build the original.
+@pytest.mark.parametrize("compat", ["gpu", "cpu"])
+def test_both_builds_trim_the_input_blob_in_place(tmp_path, compat):
+    # A second, plain convolution reads "data" after the Ristretto layer: in both builds (the
+    # CUDA code trims mutable_gpu_data as the CPU code trims mutable_cpu_data) it sees the
+    # input trimmed with that build's rounding; the caller's array is left alone.
     second = ('layer { name: "conv2" type: "Convolution" bottom: "data" top: "conv2" '
               'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }')
     net, weight, bias = _conv_net(tmp_path, "bw_layer_in: 4 fl_layer_in: 0", second)
     x = _input()
-    trimmed_x = numerics.trim_fixed_point(x, 4, 0, compat="cpu")
+    original = x.copy()
+    trimmed_x = numerics.trim_fixed_point(x, 4, 0, compat=compat)
+    assert np.any(trimmed_x != x)
     for runtime in (NumpyRuntime, OnnxRuntime):
-        gpu = runtime(net, compat="gpu").forward({"data": x})
-        cpu = runtime(net, compat="cpu").forward({"data": x})
-        np.testing.assert_allclose(gpu["conv2"], _opencv_conv(tmp_path, x, weight, bias), atol=1e-4)
-        np.testing.assert_allclose(cpu["conv2"], _opencv_conv(tmp_path, trimmed_x, weight, bias), atol=1e-4)
-        np.testing.assert_array_equal(cpu["data"], trimmed_x)
-        np.testing.assert_array_equal(gpu["data"], x)
+        blobs = runtime(net, compat=compat).forward({"data": x})
+        np.testing.assert_allclose(blobs["conv2"], _opencv_conv(tmp_path, trimmed_x, weight, bias), atol=1e-4)
+        np.testing.assert_array_equal(blobs["data"], trimmed_x)
+        np.testing.assert_array_equal(x, original)
 
 
 def test_fc_ristretto_trims_bottom_zero_and_matches_formula(tmp_path):

@@ -9,13 +9,15 @@ import sys
 
 import numpy as np
 
-from ..atomic import atomic_output, write_text
+from ..atomic import atomic_output, make_directory, write_text
+from .. import memory_budget
 from ..errors import RistrettoError
 from ..passes import ranges, ristretto_edit
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import RistrettoQuantizer
 from ..passes.sensitivity import CachedEvaluator, analyze
-from .common import add_model_arguments, make_parser, number_list, run
+from .common import add_memory_argument, add_model_arguments, make_parser, run
+from .flag_types import number_list, positive_int
 
 PROG = "analyze"
 
@@ -23,16 +25,24 @@ PROG = "analyze"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--trimming_mode", default="dynamic_fixed_point", choices=("dynamic_fixed_point",))
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--trimming_mode", default="dynamic_fixed_point", choices=("dynamic_fixed_point",),
+                        help="the precision the layers are quantized to (dynamic_fixed_point)")
+    parser.add_argument("--iterations", type=positive_int, default=10,
+                        help="batches per evaluation (default 10)")
     parser.add_argument("--widths", type=number_list(tuple(range(1, 33)), int, "integers"),
                         default=(16, 8, 6, 4, 2), help="candidate bit widths (default 16,8,6,4,2)")
     parser.add_argument("--parts", default="weights,activations",
                         help="weights, activations or both (comma-separated)")
-    parser.add_argument("--integer_length", choices=RULES, default="safe")
-    parser.add_argument("--score", choices=("accuracy", "agreement"), default="accuracy")
-    parser.add_argument("--report", metavar="DIR")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--integer_length", choices=RULES, default="safe",
+                        help="integer-length rule: safe (default; each layer's own output, the "
+                             "maximum never clips) or ristretto (Ristretto's rules)")
+    parser.add_argument("--score", choices=("accuracy", "agreement"), default="accuracy",
+                        help="accuracy (the net's Accuracy output, default) or agreement (share "
+                             "of top-1 equal to the float net's)")
+    parser.add_report(("sensitivity.json", "sensitivity.png"),
+                      help="write sensitivity.json and the heat map sensitivity.png here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_memory_argument(parser)
     return parser
 
 
@@ -46,9 +56,10 @@ def analyze_main(argv=None):
     quantizer = RistrettoQuantizer(args.model, args.weights, args.iterations, args.trimming_mode, 0,
                                    integer_length=args.integer_length, progress=not args.quiet)
     quantizer.check_scoring()
+    memory_budget.check_kept_passes(quantizer.build(quantizer.param), args.iterations, "analyze")
     train = quantizer.build(quantizer.param, "TRAIN")
     from ..evaluators.classification import fetch_batches
-    found = ranges.analyze_ranges(train, fetch_batches(train, 10), progress=not args.quiet)
+    found = ranges.analyze_ranges(train, fetch_batches(train, 10), args.integer_length, not args.quiet)
     lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, args.integer_length))
                for k, v in found.items()}
     evaluator = CachedEvaluator(quantizer, lengths, args.score, progress=not args.quiet)
@@ -69,7 +80,7 @@ def _report(directory, baseline, rows):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    os.makedirs(directory, exist_ok=True)
+    make_directory(directory)
     write_text(os.path.join(directory, "sensitivity.json"), json.dumps(
         {"float_score": baseline, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
     blobs = []
@@ -92,8 +103,8 @@ def _report(directory, baseline, rows):
     plt.close(figure)
 
 
-def main(argv=None):
-    return run(analyze_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(analyze_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,30 @@
-"""What every command-line tool shares: argparse helpers for the common flags and ``run``, which
-turns a user error into one line on stderr and exit code 2."""
-import argparse
-import os
-import sys
+"""What every command-line tool shares: ``ToolParser`` (Caffe's flag spellings, declared input
+and output paths checked before any work), the common flags, and ``run``, which turns a user
+error into one line on stderr and exit code 2 and writes a tool's outputs all or nothing.
 
-from ..errors import RistrettoError
+Flag spelling, one rule for every tool: the documented names use underscores, as Caffe's and
+Ristretto's do (``--model_quantized``, ``--out_weights``); each flag also reads with hyphens
+(``--out-weights``), with one dash (``-model X``, as ``caffe test`` takes it), and as
+``--flag=value``; switches take ``--quiet=true|false`` too.
+"""
+import argparse
+import contextvars
+import os
+import re
+import sys
+import warnings
+
+from .. import atomic, memory_budget
+from ..errors import RistrettoError, RistrettoWarning
+from . import flag_types
+from .paths import (check_distinct, check_new_directory, check_output_directory,
+                    check_output_path)
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
+PROGRAM = contextvars.ContextVar("ristretto_py_program", default=None)
+_NUMBER = re.compile(r"^-(\d|\.\d|inf\b|nan\b)", re.I)
+_TRUE, _FALSE = ("true", "1", "yes", "y", "t"), ("false", "0", "no", "n", "f")
 
 
 def run(main_fn, argv=None, prog=None):
@@ -15,20 +32,49 @@ def run(main_fn, argv=None, prog=None):
 
     A ``RistrettoError`` (bad model, weights, input, flag value) or an ``OSError`` (typically
     an output path that cannot be written) prints ``<tool>: error: <message>`` as a single
-    line on stderr and gives 2; argparse's own usage errors also exit with 2; Ctrl-C gives 130.
-    Anything else is a bug and keeps its traceback.
+    line on stderr and gives 2; a usage error (argparse's, one line too) gives 2 and ``--help``
+    0, returned rather than raised; Ctrl-C gives 130.
+    ``RistrettoWarning``s print as ``<tool>: warning: <message>``. Outputs written through
+    ``ristretto_py.atomic`` appear only when the tool succeeds. Anything else is a bug and
+    keeps its traceback.
     """
     prog = prog or _program_name()
+    token = PROGRAM.set(prog)
     try:
-        code = main_fn(argv)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", RistrettoWarning)
+            warnings.showwarning = _warning_printer(prog, warnings.showwarning)
+            with atomic.all_or_nothing() as staging:
+                code = main_fn(argv)
+                code = 0 if code is None else int(code)
+                if code:
+                    staging.discard()
+        return code
+    except SystemExit as exc:          # argparse: --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
     except RistrettoError as exc:
         return _fail(prog, str(exc))
     except OSError as exc:
         return _fail(prog, describe_os_error(exc))
+    except MemoryError:
+        return _fail(prog, "ran out of memory; use a smaller batch or fewer iterations, or "
+                           "set --memory_limit below the memory this machine really has")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    return 0 if code is None else int(code)
+    finally:
+        PROGRAM.reset(token)
+        memory_budget.reset_limit()
+        _select_gpu(None)
+
+
+def _warning_printer(prog, fallback):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RistrettoWarning):
+            print(f"{prog}: warning: {one_line(message)}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
 
 
 def _fail(prog, message):
@@ -53,75 +99,223 @@ def describe_os_error(exc):
     return reason
 
 
+class ToolParser(argparse.ArgumentParser):
+    """An ArgumentParser for one tool: its usage line names the command as it was called
+    (``ristretto quantize`` or ``quantize``), it reads Caffe's spellings (module docstring),
+    and the paths declared with ``add_input``/``add_output``/``add_report`` are checked once
+    the flags are read, before any work."""
+
+    def __init__(self, prog, description):
+        super().__init__(prog=PROGRAM.get() or prog, description=description, allow_abbrev=False)
+        self._inputs, self._outputs, self._reports, self._new_dirs = [], [], [], []
+        self._aliases = {}
+
+    # -- declaring flags ------------------------------------------------------------------
+    def add_input(self, *names, **kwargs):
+        action = self.add_argument(*names, **kwargs)
+        self._inputs.append(action)
+        return action
+
+    def add_output(self, *names, **kwargs):
+        action = self.add_argument(*names, **kwargs)
+        self._outputs.append(action)
+        return action
+
+    def add_report(self, files, *names, **kwargs):
+        """A report folder flag (default ``--report``) whose tool writes ``files`` into it."""
+        names = names or ("--report",)
+        kwargs.setdefault("metavar", "DIR")
+        action = self.add_argument(*names, **kwargs)
+        self._reports.append((action, tuple(files)))
+        return action
+
+    def add_new_directory(self, *names, **kwargs):
+        action = self.add_argument(*names, **kwargs)
+        self._new_dirs.append(action)
+        return action
+
+    def alias(self, old, new):
+        """Accept the flag ``old`` as another name of ``new`` (not shown in --help)."""
+        self._aliases[old] = new
+
+    # -- reading them ---------------------------------------------------------------------
+    def error(self, message):
+        """A usage error: one line on stderr (the usage is a --help away) and exit code 2."""
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self.caffe_spellings(args), namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        self._check_paths(parsed)
+        if getattr(parsed, "memory_limit", None) is not None:
+            memory_budget.set_limit(parsed.memory_limit)
+        if getattr(parsed, "gpu", None) is not None:
+            _announce_gpu(parsed)
+        return parsed
+
+    def caffe_spellings(self, argv):
+        """``argv`` with every flag in its documented spelling (see the module docstring)."""
+        actions = {s: a for a in self._actions for s in a.option_strings}
+        out, index = [], 0
+        while index < len(argv):
+            token = argv[index]
+            index += 1
+            if token == "--":
+                out += argv[index - 1:]
+                break
+            option, has_value, value = self._canonical(token, actions)
+            if option is None:
+                out.append(token)
+                continue
+            action = actions[option]
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and has_value:
+                truth = value.lower()
+                if truth not in _TRUE + _FALSE:
+                    self.error(f"argument {option}: expected true or false, not {value!r}")
+                if (truth in _TRUE) == isinstance(action, argparse._StoreTrueAction):
+                    out.append(option)
+                continue
+            if has_value:
+                out.append(f"{option}={value}")
+            elif (action.nargs is None and action.option_strings and index < len(argv)
+                  and argv[index].startswith("-") and argv[index] != "--"
+                  and self._canonical(argv[index], actions)[0] is None):
+                out.append(f"{option}={argv[index]}")     # a value that starts with a dash
+                index += 1
+            else:
+                out.append(option)
+        return out
+
+    def _canonical(self, token, actions):
+        if not token.startswith("-") or token in ("-", "--") or _NUMBER.match(token):
+            return None, False, ""
+        if token in actions and not token.startswith("--"):
+            return token, False, ""            # a short option such as -h
+        body = token[2:] if token.startswith("--") else token[1:]
+        name, eq, value = body.partition("=")
+        for candidate in (f"--{name}", f"--{name.replace('-', '_')}"):
+            candidate = self._aliases.get(candidate, candidate)
+            if candidate in actions:
+                return candidate, bool(eq), value
+        return None, False, ""
+
+    def _check_paths(self, parsed):
+        def given(actions):
+            pairs = []
+            for action in actions:
+                value = getattr(parsed, action.dest, None)
+                flag = action.option_strings[0] if action.option_strings else action.dest
+                for path in (value if isinstance(value, list) else [value]):
+                    if path is not None:
+                        pairs.append((flag, os.fspath(path)))
+            return pairs
+        inputs, outputs = given(self._inputs), given(self._outputs)
+        for _, path in outputs:
+            check_output_path(path)
+        for _, path in given(self._new_dirs):
+            check_new_directory(path)
+        for action, files in self._reports:
+            for flag, directory in given([action]):
+                check_output_directory(directory)
+                report_files = [(f"{flag} ({name})", os.path.join(directory, name)) for name in files]
+                if os.path.isdir(directory):
+                    for _, path in report_files:
+                        check_output_path(path)
+                outputs += report_files
+        outputs += given(self._new_dirs)
+        check_distinct(inputs, outputs)
+
+
 def make_parser(prog, description):
-    """An ArgumentParser with a fixed program name (error lines say ``<prog>: error: ...``)."""
-    return argparse.ArgumentParser(prog=prog, description=description)
+    """The ToolParser of one tool."""
+    return ToolParser(prog, description)
 
 
 def add_model_arguments(parser, weights_required):
-    parser.add_argument("--model", required=True, metavar="PROTOTXT",
-                        help="the net definition (.prototxt)")
-    parser.add_argument("--weights", required=weights_required, metavar="CAFFEMODEL",
-                        help="the trained weights (.caffemodel)")
+    parser.add_input("--model", required=True, metavar="PROTOTXT",
+                     help="the net definition (.prototxt)")
+    parser.add_input("--weights", required=weights_required, metavar="CAFFEMODEL",
+                     help="the trained weights (.caffemodel)")
 
 
-def number_list(count, kind=float, what="values"):
-    """An argparse type: ``count`` comma-separated numbers (a tuple of ``kind``).
-
-    ``count`` may be a tuple of the accepted lengths, e.g. (1, 3) for a mean that is either
-    one value for every channel or one per channel."""
-    counts = (count,) if isinstance(count, int) else tuple(count)
-
-    def parse(text):
-        try:
-            values = tuple(kind(part) for part in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a list of {what}") from None
-        if len(values) not in counts:
-            wanted = " or ".join(str(c) for c in counts)
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {wanted} comma-separated {what}")
-        return values
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
-def positive_int_pair(text):
-    """``W,H`` with both positive (for ``--resize``)."""
-    values = number_list(2, int, "integers")(text)
-    if min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
-    return values
-
-
-def input_shape(text):
-    """``BLOB=N,C,H,W`` (for tools that let the user choose a source blob's shape)."""
-    name, sep, dims = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected BLOB=N,C,H,W")
-    try:
-        values = tuple(int(part) for part in dims.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected BLOB=N,C,H,W") from None
-    if min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: dimensions must be positive")
-    return name, values
+def add_backend_arguments(parser, fixed=True, compat=True, backends=None):
+    """``--backend``, ``--gpu`` and (with ``fixed``) the fixed-point backend's flags; with
+    ``compat``, ``--compat``."""
+    from ..numerics import COMPAT_MODES
+    from ..runtime import BACKENDS
+    choices = sorted(backends or BACKENDS)
+    parser.add_argument("--backend", choices=choices, default="numpy",
+                        help="numpy (the reference runtime), onnxruntime (the net exported to "
+                             "ONNX)" + (" or fixed (integer kernels of the accelerator)" if
+                                        "fixed" in choices else "") + "; default numpy")
+    parser.add_argument("--gpu", metavar="ID",
+                        help="as Caffe's -gpu: with --backend onnxruntime, run on this CUDA "
+                             "device when onnxruntime has a CUDA provider; otherwise a warning "
+                             "says the run stays on the CPU")
+    if compat:
+        parser.add_argument("--compat", choices=COMPAT_MODES, default="gpu",
+                            help="Ristretto build whose trimming to reproduce: gpu (its CUDA "
+                                 "layers, default) or cpu")
+    if fixed:
+        parser.add_argument("--acc_bits", type=flag_types.int_range(8, 64), default=64,
+                            metavar="BITS",
+                            help="--backend fixed: accumulator width (8-64, default 64)")
+        parser.add_argument("--overflow", choices=("wrap", "saturate"), default="wrap",
+                            help="--backend fixed: what the accumulator does on overflow "
+                                 "(default wrap)")
 
 
-def check_output_path(path):
-    """Fail early (before any long computation) if ``path`` cannot be written."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        existing = directory
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise RistrettoError(f"cannot write: {existing} is a file, not a directory", path=path)
-        raise RistrettoError("cannot write: the directory does not exist", path=path)
-    if os.path.isdir(path):
-        raise RistrettoError("cannot write: is a directory", path=path)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise RistrettoError("cannot write: the directory is not writable", path=path)
+def add_memory_argument(parser):
+    parser.add_argument("--memory_limit", type=flag_types.memory_size, metavar="SIZE",
+                        help="the most memory the run may plan to use, e.g. 8G (default: the "
+                             f"memory available now, or ${memory_budget.ENVIRONMENT}); larger "
+                             "work is refused up front, and cached batches are read again "
+                             "instead of kept")
+
+
+def add_seed_argument(parser, what):
+    parser.add_argument("--seed", type=flag_types.seed, default=0,
+                        help=f"seed of {what} (0 to 2^32-1, default 0)")
+
+
+def _announce_gpu(args):
+    """Caffe's ``-gpu`` on a machine or backend without one: say where the run happens."""
+    backend = getattr(args, "backend", "numpy")
+    device = str(args.gpu).split(",")[0]
+    if backend == "onnxruntime":
+        import onnxruntime
+        providers = onnxruntime.get_available_providers()
+        if "CUDAExecutionProvider" in providers:
+            if not device.isdigit():
+                device = "0"
+            _select_gpu(int(device))
+            return
+        reason = (f"this onnxruntime has no CUDA provider (it offers "
+                  f"{', '.join(providers)})")
+    else:
+        reason = (f"the {backend} backend runs on the CPU (--backend onnxruntime uses a GPU "
+                  "when onnxruntime has a CUDA provider)")
+    warnings.warn(f"--gpu {args.gpu}: running on the CPU: {reason}", RistrettoWarning)
+
+
+def _select_gpu(device):
+    from ..runtime import onnx_backend
+    onnx_backend.select_gpu(device)
+
+
+def runtime_options(args):
+    """Keyword options of make_runtime for the parsed flags."""
+    options = {}
+    if getattr(args, "compat", None):
+        options["compat"] = args.compat
+    if getattr(args, "seed", None) is not None:
+        options["seed"] = args.seed
+    if args.backend == "fixed":
+        options.update(acc_bits=args.acc_bits, overflow=args.overflow)
+    return options
 
 
 def format_shape(shape):
@@ -135,25 +329,3 @@ def format_count(value):
         if value >= limit:
             return f"{value:,} ({value / limit:.2f}{suffix})"
     return f"{value:,}"
-
-
-def add_fixed_point_arguments(parser):
-    """``--acc-bits`` and ``--overflow`` for ``--backend fixed``."""
-    parser.add_argument("--acc-bits", type=int, default=64, metavar="BITS",
-                        help="--backend fixed: accumulator width (8-64, default 64)")
-    parser.add_argument("--overflow", choices=("wrap", "saturate"), default="wrap",
-                        help="--backend fixed: what the accumulator does on overflow")
-
-
-def runtime_options(args):
-    """Keyword options of make_runtime for the parsed flags."""
-    options = {}
-    if getattr(args, "compat", None):
-        options["compat"] = args.compat
-    if getattr(args, "seed", None) is not None:
-        options["seed"] = args.seed
-    if args.backend == "fixed":
-        if not 8 <= args.acc_bits <= 64:
-            raise RistrettoError(f"--acc-bits must be 8 to 64, not {args.acc_bits}")
-        options.update(acc_bits=args.acc_bits, overflow=args.overflow)
-    return options

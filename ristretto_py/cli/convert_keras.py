@@ -8,17 +8,21 @@ from ..convert.keras_file import read_keras_file
 from ..convert.saved_model import read_saved_model
 from ..convert.keras_to_caffe import keras_to_layers
 from ..net import Net
-from .common import check_output_path, make_parser, number_list, run
+from .common import make_parser, run
+from .flag_types import number_list
 
 PROG = "convert_keras"
 
 
 def build_parser():
     parser = make_parser(PROG, __doc__)
-    parser.add_argument("--input", required=True, metavar="MODEL", help=".keras, .h5 or a Keras 2 SavedModel folder")
-    parser.add_argument("--out-model", required=True, metavar="PROTOTXT")
-    parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
-    parser.add_argument("--input-shape", type=number_list((2, 4), int, "integers"), metavar="N,C,H,W",
+    parser.add_input("--input", required=True, metavar="MODEL",
+                     help=".keras, .h5 or a Keras 2 SavedModel folder")
+    parser.add_output("--out_model", required=True, metavar="PROTOTXT",
+                      help="where to write the Caffe net description")
+    parser.add_output("--out_weights", required=True, metavar="CAFFEMODEL",
+                      help="where to write the Caffe weights")
+    parser.add_argument("--input_shape", type=number_list((2, 4), int, "integers"), metavar="N,C,H,W",
                         help="the Caffe input shape (needed when the Keras input has free dimensions)")
     parser.add_argument("--name", help="the Caffe net's name (default: the file's stem)")
     return parser
@@ -32,8 +36,6 @@ def load_model(path):
 
 def convert_main(argv=None):
     args = build_parser().parse_args(argv)
-    check_output_path(args.out_model)
-    check_output_path(args.out_weights)
     model = load_model(args.input)
     layers, outputs = keras_to_layers(model, args.input_shape)
     name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.input)))[0]
@@ -47,8 +49,8 @@ def convert_main(argv=None):
     return 0
 
 
-def main(argv=None):
-    return run(convert_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(convert_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

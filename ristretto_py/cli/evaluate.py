@@ -6,12 +6,12 @@ Ristretto-quantized nets run with their trimming (``--compat`` picks the build t
 import json
 import sys
 
-from ..errors import RistrettoError
 from ..evaluators.classification import evaluate_classification
 from ..net import Net
-from ..numerics import COMPAT_MODES
-from ..runtime import BACKENDS, make_runtime
-from .common import add_fixed_point_arguments, add_model_arguments, make_parser, run, runtime_options
+from ..runtime import make_runtime
+from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
+                     add_seed_argument, make_parser, run, runtime_options)
+from .flag_types import positive_int
 
 PROG = "evaluate"
 
@@ -19,13 +19,13 @@ PROG = "evaluate"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
-    add_fixed_point_arguments(parser)
-    parser.add_argument("--compat", choices=COMPAT_MODES, default="gpu",
-                        help="Ristretto build whose trimming to reproduce")
-    parser.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST")
-    parser.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    parser.add_argument("--iterations", type=positive_int, default=50,
+                        help="batches to run (default 50)")
+    add_backend_arguments(parser)
+    parser.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST",
+                        help="the phase whose layers make the net (default TEST)")
+    add_seed_argument(parser, "stochastic rounding")
+    add_memory_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -33,8 +33,6 @@ def build_parser():
 
 def evaluate_main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.iterations < 1:
-        raise RistrettoError(f"--iterations must be at least 1, not {args.iterations}")
     net = Net.load(args.model, args.weights, phase=args.phase)
     runtime = make_runtime(net, args.backend, **runtime_options(args))
     result = evaluate_classification(net, args.iterations, runtime=runtime,
@@ -51,8 +49,8 @@ def evaluate_main(argv=None):
     return 0
 
 
-def main(argv=None):
-    return run(evaluate_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(evaluate_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

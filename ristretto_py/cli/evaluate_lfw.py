@@ -7,13 +7,15 @@ import sys
 
 import numpy as np
 
-from ..atomic import atomic_output, write_text
+from ..atomic import atomic_output, make_directory, write_text
 from ..errors import RistrettoError
 from ..evaluators import lfw
-from ..images import prepare_image, read_image
+from ..images import prepare_image, read_image, resize_image
 from ..net import Net
-from ..runtime import BACKENDS, make_runtime
-from .common import add_model_arguments, make_parser, number_list, positive_int_pair, run
+from ..runtime import make_runtime
+from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
+                     make_parser, run, runtime_options)
+from .flag_types import finite_float, number_list, positive_int, positive_int_pair
 
 PROG = "evaluate_lfw"
 
@@ -21,21 +23,30 @@ PROG = "evaluate_lfw"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--feature-blob", required=True, help="the blob whose values are the feature")
-    parser.add_argument("--lfw-root", required=True, help="folder of Name/Name_0001.jpg images")
-    parser.add_argument("--pairs", required=True, help="pairs.txt (10 folds)")
-    parser.add_argument("--dev", help="pairsDevTrain.txt: the threshold's training pairs (protocol dev)")
-    parser.add_argument("--protocol", choices=("folds", "dev"), default="folds")
+    parser.add_argument("--feature_blob", required=True, help="the blob whose values are the feature")
+    parser.add_input("--lfw_root", required=True, help="folder of Name/Name_0001.jpg images")
+    parser.add_input("--pairs", required=True, help="pairs.txt (10 folds)")
+    parser.add_input("--dev", help="pairsDevTrain.txt: the threshold's training pairs (protocol dev)")
+    parser.add_argument("--protocol", choices=("folds", "dev"), default="folds",
+                        help="folds (the standard one: each fold's threshold from the other 9, "
+                             "default) or dev (one threshold from --dev)")
     parser.add_argument("--normalize", choices=("l2",), help="L2-normalise features first")
-    parser.add_argument("--resize", type=positive_int_pair, metavar="W,H")
+    parser.add_argument("--resize", type=positive_int_pair, metavar="W,H",
+                        help="resize every image (bilinear) before anything else")
     parser.add_argument("--crop", type=positive_int_pair, metavar="W,H", help="centre crop after resizing")
-    parser.add_argument("--mean", type=number_list((1, 3), float, "numbers"), metavar="B,G,R")
-    parser.add_argument("--scale", type=float)
-    parser.add_argument("--gray", action="store_true")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
-    parser.add_argument("--report", metavar="DIR")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--mean", type=number_list((1, 3), float, "numbers"), metavar="B,G,R",
+                        help="per-channel mean to subtract (BGR order, 0-255 scale)")
+    parser.add_argument("--scale", type=finite_float, metavar="S",
+                        help="multiply by S after subtracting the mean")
+    parser.add_argument("--gray", action="store_true", help="read the images as grayscale")
+    parser.add_argument("--batch_size", type=positive_int, default=32,
+                        help="images per forward pass (default 32)")
+    parser.alias("--batch", "--batch_size")
+    add_backend_arguments(parser)
+    parser.add_report(("report.json", "report.md", "roc.png", "distances.png"),
+                      help="write report.json, report.md, roc.png and distances.png here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_memory_argument(parser)
     return parser
 
 
@@ -43,8 +54,7 @@ def _preparer(args):
     def prepare(path):
         image = read_image(path, args.gray)
         if args.resize:
-            import cv2
-            image = cv2.resize(image, tuple(args.resize), interpolation=cv2.INTER_LINEAR)
+            image = resize_image(image, *args.resize)
         if args.crop:
             width, height = args.crop
             if height > image.shape[0] or width > image.shape[1]:
@@ -60,16 +70,14 @@ def lfw_main(argv=None):
     args = build_parser().parse_args(argv)
     if args.protocol == "dev" and not args.dev:
         raise RistrettoError("--protocol dev takes its threshold from --dev pairsDevTrain.txt")
-    if args.batch < 1:
-        raise RistrettoError("--batch must be at least 1")
     folds = lfw.read_pairs(args.pairs, expected_folds=10)
     dev = lfw.read_dev_pairs(args.dev) if args.dev else []
     net = Net.load(args.model, args.weights)
-    runtime = make_runtime(net, args.backend)
+    runtime = make_runtime(net, args.backend, **runtime_options(args))
     paths = sorted({lfw.image_path(args.lfw_root, *person) for pairs in folds + [dev]
                     for pair in pairs for person in (pair.first, pair.second)})
     features = lfw.extract_features(runtime, net.input_blobs[0], args.feature_blob, paths,
-                                    _preparer(args), args.batch, not args.quiet, args.normalize)
+                                    _preparer(args), args.batch_size, not args.quiet, args.normalize)
     fold_d = [lfw.distances(pairs, features, args.lfw_root) for pairs in folds]
     fold_s = [np.array([p.same for p in pairs]) for pairs in folds]
     dev_data = (lfw.distances(dev, features, args.lfw_root), np.array([p.same for p in dev])) if dev else None
@@ -89,7 +97,7 @@ def _write_report(directory, result, dist, same):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    os.makedirs(directory, exist_ok=True)
+    make_directory(directory)
     data = {"protocol": result.protocol, "mean_accuracy": result.mean,
             "standard_error": result.standard_error, "fold_accuracies": result.fold_accuracies,
             "thresholds": result.thresholds, "roc_auc": result.auc, "eer": result.eer}
@@ -117,8 +125,8 @@ def _write_report(directory, result, dist, same):
         "", "![ROC](roc.png)", "", "![distances](distances.png)", ""]))
 
 
-def main(argv=None):
-    return run(lfw_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(lfw_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,26 @@ that ``OnnxRuntime`` runs in numpy."""
 from ..net import Net
 from ..runtime.onnx_export import export_onnx, save_onnx
 from ..runtime.onnx_graph import OPSET
-from .common import add_model_arguments, check_output_path, make_parser, run
+from .common import add_model_arguments, make_parser, run
 
 PROG = "export_onnx"
 
 
-def export_main(argv):
+def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--output", required=True, metavar="ONNX", help="where to write the model")
-    parser.add_argument("--all-blobs", action="store_true",
+    parser.add_output("--output", required=True, metavar="ONNX", help="where to write the model")
+    parser.add_argument("--all_blobs", action="store_true",
                         help="make every named blob a graph output (for comparisons)")
-    parser.add_argument("--static-batch", action="store_true",
+    parser.add_argument("--static_batch", action="store_true",
                         help="fix the batch size to the prototxt's instead of a symbolic N")
-    parser.add_argument("--no-tail", action="store_true",
+    parser.add_argument("--no_tail", action="store_true",
                         help="fail instead of leaving layers without an ONNX form out")
-    args = parser.parse_args(argv)
-    check_output_path(args.output)
+    return parser
+
+
+def export_main(argv):
+    args = build_parser().parse_args(argv)
     net = Net.load(args.model, args.weights)
     export = export_onnx(net, all_blobs=args.all_blobs, dynamic_batch=not args.static_batch,
                          allow_tail=not args.no_tail)
@@ -44,8 +47,8 @@ def _describe_output(value):
     return f"{value.name} {shape}"
 
 
-def main(argv=None):
-    return run(export_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(export_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

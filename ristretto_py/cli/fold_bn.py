@@ -5,7 +5,7 @@ import sys
 
 from ..net import Net
 from ..passes.fold_bn import fold_batchnorm, parameter_count
-from .common import add_model_arguments, check_output_path, make_parser, run
+from .common import add_model_arguments, make_parser, run
 
 PROG = "fold_bn"
 
@@ -13,15 +13,15 @@ PROG = "fold_bn"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--out-model", required=True, metavar="PROTOTXT")
-    parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
+    parser.add_output("--out_model", required=True, metavar="PROTOTXT",
+                      help="where to write the folded net description")
+    parser.add_output("--out_weights", required=True, metavar="CAFFEMODEL",
+                      help="where to write the folded weights")
     return parser
 
 
 def fold_main(argv=None):
     args = build_parser().parse_args(argv)
-    check_output_path(args.out_model)
-    check_output_path(args.out_weights)
     net = Net.load(args.model, args.weights)
     folded, report = fold_batchnorm(net)
     for bn, scale, into in report.folded:
@@ -39,8 +39,8 @@ def fold_main(argv=None):
     return 0
 
 
-def main(argv=None):
-    return run(fold_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(fold_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ from ..atomic import atomic_output
 from ..errors import NetError, RistrettoError
 from ..images import load_input
 from ..net import Net
-from ..runtime import BACKENDS, make_runtime
-from .common import (add_fixed_point_arguments, add_model_arguments, check_output_path,
-                     format_shape, make_parser, number_list, positive_int_pair, run,
-                     runtime_options)
+from ..runtime import make_runtime
+from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
+                     add_seed_argument, format_shape, make_parser, run, runtime_options)
+from .flag_types import finite_float, number_list, positive_int_pair
 
 PROG = "forward"
 
@@ -20,20 +20,21 @@ PROG = "forward"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--input", required=True, metavar="FILE",
-                        help="an image (any format OpenCV reads) or a .npy N x C x H x W array")
-    parser.add_argument("--output", required=True, metavar="NPZ", help="where to save the blobs")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="numpy")
-    add_fixed_point_arguments(parser)
-    parser.add_argument("--input-blob", metavar="BLOB",
+    parser.add_input("--input", required=True, metavar="FILE",
+                     help="an image (any format OpenCV reads) or a .npy N x C x H x W array")
+    parser.add_output("--output", required=True, metavar="NPZ", help="where to save the blobs")
+    add_backend_arguments(parser)
+    parser.add_argument("--input_blob", metavar="BLOB",
                         help="the source blob the input feeds (default: the net's first)")
     parser.add_argument("--resize", type=positive_int_pair, metavar="W,H",
                         help="resize the image (bilinear) before anything else")
     parser.add_argument("--gray", action="store_true", help="read the image as grayscale")
     parser.add_argument("--mean", type=number_list((1, 3), float, "numbers"), metavar="B,G,R",
                         help="per-channel mean to subtract (BGR order, 0-255 scale)")
-    parser.add_argument("--scale", type=float, metavar="S",
+    parser.add_argument("--scale", type=finite_float, metavar="S",
                         help="multiply by S after subtracting the mean")
+    add_seed_argument(parser, "stochastic rounding")
+    add_memory_argument(parser)
     return parser
 
 
@@ -94,7 +95,6 @@ def write_npz(path, arrays):
 
 def forward_main(argv):
     args = build_parser().parse_args(argv)
-    check_output_path(args.output)
     net = Net.load(args.model, args.weights)
     blob = choose_input_blob(net, args.input_blob)
     batch = load_input(args.input, args.resize, args.gray, args.mean, args.scale)
@@ -114,8 +114,8 @@ def forward_main(argv):
     return 0
 
 
-def main(argv=None):
-    return run(forward_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(forward_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import numpy as np
 
 from ..errors import NetError
 from ..net import Net
-from .common import (add_model_arguments, format_count, format_shape, input_shape, make_parser,
-                     run)
+from .common import add_model_arguments, format_count, format_shape, make_parser, run
+from .flag_types import input_shape
 
 PROG = "info"
 BYTES_PER_PARAM = 4  # float32
@@ -58,16 +58,20 @@ def format_table(summary):
     return "\n".join([render(header), rule] + [render(row) for row in lines] + [rule])
 
 
-def info_main(argv):
+def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=False)
-    parser.add_argument("--input-shape", type=input_shape, action="append", default=[],
+    parser.add_argument("--input_shape", type=input_shape, action="append", default=[],
                         metavar="BLOB=N,C,H,W",
                         help="count at another input shape (repeat for several inputs)")
     parser.add_argument("--cost", action="store_true",
                         help="also print the cost model: parameter bytes and activation traffic "
                              "at the layers' precisions, MACs, and each layer's share")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def info_main(argv):
+    args = build_parser().parse_args(argv)
     net = Net.load(args.model, args.weights, input_shapes=dict(args.input_shape))
     unknown = [name for name, _ in args.input_shape if name not in net.input_blobs]
     if unknown:
@@ -90,8 +94,8 @@ def info_main(argv):
     return 0
 
 
-def main(argv=None):
-    return run(info_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(info_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

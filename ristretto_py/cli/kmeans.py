@@ -5,11 +5,12 @@ import json
 import os
 import sys
 
-from ..atomic import write_text
+from ..atomic import make_directory, staged_path, write_text
 from ..net import Net
-from ..passes.kmeans import Codebook, check_clusters, cluster_net, compression
+from ..passes.kmeans import INITS, Codebook, check_clusters, cluster_net, compression
 from ..packed import write_packed
-from .common import add_model_arguments, check_output_path, make_parser, run
+from .common import add_model_arguments, add_seed_argument, make_parser, run
+from .flag_types import positive_int
 
 PROG = "kmeans"
 
@@ -17,7 +18,7 @@ PROG = "kmeans"
 def build_parser():
     parser = make_parser(PROG, __doc__)
     add_model_arguments(parser, weights_required=True)
-    parser.add_argument("--clusters", type=int, required=True, help="K, a power of two")
+    parser.add_argument("--clusters", type=positive_int, required=True, help="K, a power of two")
     parser.add_argument("--scope", default="layer",
                         help="layer (default), global, type, or regex:PATTERN (layers whose names "
                              "match share a codebook; the first capture group names the group)")
@@ -25,11 +26,17 @@ def build_parser():
                                          "Convolution/InnerProduct/Deconvolution layer)")
     parser.add_argument("--codebook", default="float32",
                         help="float32 (default), minifloat:E,M or fixed:BW")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
-    parser.add_argument("--packed", metavar="FILE", help="also write the packed weights file")
-    parser.add_argument("--report", metavar="DIR", help="write report.json and report.md here")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--init", choices=INITS, default="linear",
+                        help="centroid initialisation (Deep Compression's three): linear over "
+                             "[min, max] (default, the best of them), density (quantiles of the "
+                             "weights) or random (seeded: K distinct weights)")
+    add_seed_argument(parser, "--init random (linear and density are deterministic: with them "
+                              "the seed changes nothing)")
+    parser.add_output("--out_weights", required=True, metavar="CAFFEMODEL",
+                      help="where to write the clustered caffemodel")
+    parser.add_output("--packed", metavar="FILE", help="also write the packed weights file")
+    parser.add_report(("report.json", "report.md"), help="write report.json and report.md here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -37,18 +44,16 @@ def kmeans_main(argv=None):
     args = build_parser().parse_args(argv)
     check_clusters(args.clusters)
     codebook = Codebook.parse(args.codebook)
-    for path in filter(None, (args.out_weights, args.packed)):
-        check_output_path(path)
     net = Net.load(args.model, args.weights)
     names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
     clustered, clusters = cluster_net(net, args.clusters, args.scope, names, codebook, args.seed,
-                                      progress=not args.quiet)
+                                      progress=not args.quiet, init=args.init)
     rows, total = compression(net, clusters, codebook.bit_width)
     clustered.save(weights_path=args.out_weights)
     if args.packed:
         write_packed(args.packed, clustered, clusters)
     sizes = {"caffemodel_bytes": os.path.getsize(args.weights),
-             "packed_bytes": os.path.getsize(args.packed) if args.packed else None}
+             "packed_bytes": os.path.getsize(staged_path(args.packed)) if args.packed else None}
     print(f"{'layer':24s} {'codebook':16s} {'n':>10s} {'K':>6s} {'index bits':>10s} "
           f"{'codebook bits':>13s} {'r':>7s}")
     for row in rows:
@@ -60,14 +65,14 @@ def kmeans_main(argv=None):
         print(f"on disk: {args.weights} {sizes['caffemodel_bytes']:,} bytes, "
               f"{args.packed} {sizes['packed_bytes']:,} bytes")
     if args.report:
-        os.makedirs(args.report, exist_ok=True)
+        make_directory(args.report)
         from ..passes.cost import clustered_cost
         report = {"clusters": args.clusters, "scope": args.scope, "codebook": str(codebook),
-                  "seed": args.seed, "layers": rows, "total": total, **sizes,
+                  "init": args.init, "seed": args.seed, "layers": rows, "total": total, **sizes,
                   "cost": clustered_cost(clustered, clusters, codebook.bit_width)}
         write_text(os.path.join(args.report, "report.json"), json.dumps(report, indent=2) + "\n")
         lines = ["# k-means weight sharing", "", f"K = {args.clusters}, scope {args.scope}, "
-                 f"codebook {codebook}", "", "| layer | codebook | n | K | index bits | codebook bits | r |",
+                 f"codebook {codebook}, {args.init} initialisation (seed {args.seed})", "", "| layer | codebook | n | K | index bits | codebook bits | r |",
                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['layer']} | {r['codebook']} | {r['n']} | {r['k']} | {r['index_bits']} | "
                   f"{r['codebook_bits']} | {r['ratio']:.2f} |" for r in rows]
@@ -79,8 +84,8 @@ def kmeans_main(argv=None):
     return 0
 
 
-def main(argv=None):
-    return run(kmeans_main, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(kmeans_main, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ COMMANDS = {"quantize": "quantize", "evaluate": "evaluate", "info": "info", "for
             "export_onnx": "export_onnx", "fetch_models": "fetch_models", "fold_bn": "fold_bn",
             "kmeans": "kmeans", "quantize_weights": "quantize_weights", "analyze": "analyze",
             "evaluate_lfw": "evaluate_lfw", "convert_keras": "convert_keras",
-            "convert_imageset": "convert_imageset"}
+            "convert_imageset": "convert_imageset", "make_lenet_fashion": "make_lenet_fashion"}
 
 
 def main(argv=None):
@@ -21,7 +21,7 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     module = importlib.import_module(f"ristretto_py.cli.{COMMANDS[command]}")
-    return module.main(argv[1:])
+    return module.main(argv[1:], prog=f"ristretto {command}")
 
 
 if __name__ == "__main__":

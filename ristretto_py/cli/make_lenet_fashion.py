@@ -3,7 +3,6 @@ then write it as Caffe files (train/test prototxt, caffemodel) with a test LMDB 
 1,000 test images and a train LMDB of the first 640 training images (the 10 TRAIN batches of 64
 that Ristretto's range analysis reads). Needs the ``example`` extra (torch) and Debian's
 dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``)."""
-import argparse
 import gzip
 import os
 import pathlib
@@ -12,7 +11,10 @@ import sys
 import numpy as np
 
 from .. import caffe_io
+from ..atomic import write_text
 from ..lmdb_write import make_datum, write_lmdb
+from .common import make_parser, run
+from .flag_types import positive_int, seed
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 SCALE = 0.00390625  # 1/256, as Caffe's LeNet example: inputs in [0, 0.996]
@@ -96,15 +98,28 @@ def caffe_blobs(model):
             for i, name in names.items()}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="make_lenet_fashion", description=__doc__)
-    parser.add_argument("--data-dir", default=DEFAULT_DATA, help="folder of the idx .gz files")
-    parser.add_argument("--out", default="examples/lenet_fashion", help="example folder")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--test-images", type=int, default=1000)
-    parser.add_argument("--train-images", type=int, default=640)
-    args = parser.parse_args(argv)
+PROG = "make_lenet_fashion"
+
+
+def build_parser():
+    parser = make_parser(PROG, __doc__)
+    parser.add_argument("--data_dir", default=DEFAULT_DATA,
+                        help=f"folder of the idx .gz files (default {DEFAULT_DATA})")
+    parser.add_argument("--out", default="examples/lenet_fashion",
+                        help="the example folder to (re)write (default examples/lenet_fashion)")
+    parser.add_argument("--epochs", type=positive_int, default=6,
+                        help="training epochs (default 6)")
+    parser.add_argument("--seed", type=seed, default=1,
+                        help="seed of the weight initialisation and the shuffling (default 1)")
+    parser.add_argument("--test_images", type=positive_int, default=1000,
+                        help="test images stored in the example's test LMDB (default 1000)")
+    parser.add_argument("--train_images", type=positive_int, default=640,
+                        help="training images stored in the train LMDB (default 640)")
+    return parser
+
+
+def make_main(argv=None):
+    args = build_parser().parse_args(argv)
     data = pathlib.Path(args.data_dir)
     train_x = read_idx(data / "train-images-idx3-ubyte.gz")
     train_y = read_idx(data / "train-labels-idx1-ubyte.gz")
@@ -138,12 +153,15 @@ def main(argv=None):
         for array in blobs.get(layer.name, ()):
             layer.blobs.add().CopyFrom(caffe_io.array_to_blob(array))
     caffe_io.write_net_binary(param, out / "lenet_fashion.caffemodel")
-    (out / "lenet_train_test.prototxt").write_text(text)
+    write_text(out / "lenet_train_test.prototxt", text)
     subset = torch_accuracy(model, test_x[:args.test_images], test_y[:args.test_images])
     print(f"wrote {out}: {count} test records; float top-1 on them: {subset:.4f}")
     return 0
 
 
+def main(argv=None, prog=PROG):
+    return run(make_main, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    from .common import run
-    sys.exit(run(main))
+    sys.exit(main())

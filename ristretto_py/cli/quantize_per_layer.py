@@ -1,28 +1,35 @@
 """``tools/quantize --search per_layer``: Ristretto's uniform search, then per-layer widths in
-sensitivity order; writes the smallest model found, and with ``--report`` the Pareto front
-(weight bytes against score) as JSON and PNG and the sensitivity table."""
+sensitivity order; writes the smallest model found. ``--report`` writes the core report of every
+quantize run (``report.json``, ``report.md``, ``score_vs_bits.png``: chosen widths, scores,
+weight bytes, saturation) plus the Pareto front (weight bytes against score) as ``pareto.json``
+and ``pareto.png`` and the sensitivity table."""
 import dataclasses
 import json
 import os
 
+from .. import memory_budget
 from ..atomic import atomic_output, write_text
 from ..caffe_io import write_net_text
+from ..passes import quantize_report as reports
+from ..passes.cost import net_cost
 from ..passes.per_layer_search import edit_param, per_layer_search
 from ..passes.ristretto_edit import without_state
-from ..passes.ristretto_quantize import RistrettoQuantizer
-from .quantize import _net_param
+from .quantize import make_quantizer, settings
+
+ADVICE = "a larger --error_margin or more --iterations may find one"
 
 
 def run_per_layer(args):
-    quantizer = RistrettoQuantizer(
-        args.model, args.weights, args.iterations, "dynamic_fixed_point", args.error_margin,
-        backend="numpy", compat=args.compat, integer_length=args.integer_length,
-        score_blob=args.score_blob, seed=args.seed, progress=not args.quiet,
-        net_param=_net_param(args))
+    args.backend = "numpy"      # the search caches blobs of the numpy runtime
+    quantizer = make_quantizer(args, "dynamic_fixed_point")
+    memory_budget.check_kept_passes(quantizer.build(quantizer.param), args.iterations,
+                                    "--search per_layer")
     uniform = quantizer.run()
     passes_uniform = quantizer.forward_passes
     result, evaluator = per_layer_search(quantizer, uniform, args.score, progress=not args.quiet)
     param = without_state(edit_param(quantizer, uniform.lengths, result.config))
+    passes_search = quantizer.forward_passes - passes_uniform
+    measured = reports.measure(quantizer, param)
     write_net_text(param, args.model_quantized)
     print(f"Baseline 32bit float ({args.score}): {result.baseline:g}")
     print(f"Uniform (Ristretto's search, integer lengths '{args.integer_length}'): "
@@ -31,21 +38,30 @@ def run_per_layer(args):
     for name in evaluator.layers:
         print(f"  {name}: {result.config[name][0]}-bit weights, {result.config[name][1]}-bit activations")
     print(f"Per-layer net: {result.score:g}, {result.bytes:,} weight bytes "
-          f"({len(result.trials)} configurations tried; forward batches: uniform {passes_uniform}, "
-          f"per-layer {quantizer.forward_passes - passes_uniform})")
+          f"({len(result.trials)} configurations tried)")
+    print(reports.margin_verdict(result.baseline, result.score, args.error_margin, ADVICE)[1])
+    print(f"Forward batches: uniform {passes_uniform}, per-layer {passes_search}, saturation "
+          f"{quantizer.forward_passes - passes_uniform - passes_search}")
     print(f"Wrote {args.model_quantized}")
     if args.report:
-        from .quantize import _cost
-        _report(args.report, result, evaluator, _cost(quantizer, param))
+        final = dataclasses.replace(
+            uniform, chosen={name: {"weights": w, "activations": a}
+                             for name, (w, a) in result.config.items()},
+            final_score=result.score, baseline=result.baseline, quantized=param,
+            forward_passes=quantizer.forward_passes)
+        report = reports.build_report(final, measured, settings(args, "score"), ADVICE)
+        report["uniform_chosen"] = uniform.chosen
+        report["cost"] = net_cost(quantizer.build(param))
+        reports.write_report(args.report, report)
+        _pareto(args.report, result, report["cost"])
         print(f"Wrote the report to {args.report}")
     return 0
 
 
-def _report(directory, result, evaluator, cost):
+def _pareto(directory, result, cost):
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    os.makedirs(directory, exist_ok=True)
     front = result.pareto()
     data = {"baseline": result.baseline, "uniform": {"chosen": result.uniform, "score": result.uniform_score,
                                                      "weight_bytes": result.uniform_bytes},
@@ -60,6 +76,8 @@ def _report(directory, result, evaluator, cost):
                  color="lightgray", label="tried")
     axes.plot([t.weight_bytes for t in front], [t.score for t in front], "o-", label="Pareto front")
     axes.scatter([result.uniform_bytes], [result.uniform_score], marker="s", color="red", label="uniform")
+    axes.scatter([result.bytes], [result.score], marker="*", s=160, color="gold",
+                 edgecolors="black", zorder=3, label="written net")
     axes.axhline(result.baseline, color="gray", linestyle="--", label="float")
     axes.set_xlabel("weight bytes")
     axes.set_ylabel("score")

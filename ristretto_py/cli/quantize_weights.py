@@ -8,16 +8,15 @@ import json
 import os
 import sys
 
-import numpy as np
-
-from ..atomic import write_text
+from ..atomic import make_directory, write_text
 from ..errors import RistrettoError
 from ..evaluators.classification import fetch_batches
 from ..images import load_array
 from ..net import Net
 from ..passes.activation_quantizers import calibrate_activations, insert_activation_quantizers
 from ..passes.weight_quantizers import Quantizer, quantize_weights
-from .common import add_model_arguments, check_output_path, make_parser, run
+from .common import add_memory_argument, add_model_arguments, make_parser, run
+from .flag_types import positive_int
 
 PROG = "quantize_weights"
 
@@ -29,16 +28,19 @@ def build_parser():
     parser.add_argument("--layer", action="append", default=[], metavar="NAME=METHOD",
                         help="quantizer for one layer (repeatable; overrides --method)")
     parser.add_argument("--layers", help="comma-separated layers to quantize (default: all)")
-    parser.add_argument("--out-weights", required=True, metavar="CAFFEMODEL")
+    parser.add_output("--out_weights", required=True, metavar="CAFFEMODEL",
+                      help="where to write the quantized weights")
     parser.add_argument("--activations", metavar="METHOD",
                         help="also quantize the selected layers' outputs: linear:N, gaussian:N:C "
                              "or hwce:N:P (needs --out-model and calibration data)")
-    parser.add_argument("--out-model", metavar="PROTOTXT", help="prototxt with the activation quantizers")
-    parser.add_argument("--calibration-iterations", type=int, default=10,
+    parser.add_output("--out_model", metavar="PROTOTXT",
+                      help="where to write the prototxt with the activation quantizers")
+    parser.add_argument("--calibration_iterations", type=positive_int, default=10,
                         help="batches of the net's Data layer to calibrate on (default 10)")
-    parser.add_argument("--calibration-input", metavar="NPY",
-                        help="an N x C x H x W .npy array for nets without a Data layer")
-    parser.add_argument("--report", metavar="DIR", help="write report.json here")
+    parser.add_input("--calibration_input", metavar="NPY",
+                     help="an N x C x H x W .npy array for nets without a Data layer")
+    parser.add_report(("report.json",), help="write report.json here")
+    add_memory_argument(parser)
     return parser
 
 
@@ -61,8 +63,6 @@ def main_quantize(argv=None):
     activation = Quantizer.parse(args.activations) if args.activations else None
     if activation is not None and not args.out_model:
         raise RistrettoError("--activations writes a new prototxt: give --out-model")
-    for path in filter(None, (args.out_weights, args.out_model)):
-        check_output_path(path)
     names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
     net = Net.load(args.model, args.weights)
     quantized, rows = quantize_weights(net, default, per_layer, names)
@@ -84,7 +84,7 @@ def main_quantize(argv=None):
     for name, fields in activations.items():
         print(f"activations of {name}: {activation} {json.dumps(fields)}")
     if args.report:
-        os.makedirs(args.report, exist_ok=True)
+        make_directory(args.report)
         write_text(os.path.join(args.report, "report.json"), json.dumps(
             {"layers": rows, "bits_before": before, "bits_after": after,
              "activations": activations}, indent=2) + "\n")
@@ -100,8 +100,8 @@ def _calibration_batches(net, args):
     return fetch_batches(net, args.calibration_iterations)
 
 
-def main(argv=None):
-    return run(main_quantize, argv, prog=PROG)
+def main(argv=None, prog=PROG):
+    return run(main_quantize, argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -42,13 +42,19 @@ class Converter:
         return UnsupportedError(f"{layer.class_name} cannot be converted exactly: {reason}",
                                 path=self.model.source, layer=layer.name)
 
+    def handler(self, layer):
+        if layer.class_name in IDENTITY:
+            return self._identity
+        return getattr(self, f"_{layer.class_name}", None)
+
     def convert(self):
+        # Layer types without a Caffe form are named first: their inputs (an LSTM's sequence,
+        # say) would otherwise be refused for a shape, blaming the wrong layer.
         for layer in self.model.layers:
-            handler = getattr(self, f"_{layer.class_name}", None)
-            if layer.class_name in IDENTITY:
-                handler = self._identity
-            if handler is None:
+            if self.handler(layer) is None:
                 raise self.refuse(layer, "no Caffe equivalent is implemented for this layer type")
+        for layer in self.model.layers:
+            handler = self.handler(layer)
             cfg = layer.config
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise self.refuse(layer, "only channels_last models are supported")

@@ -51,8 +51,9 @@ class RunContext:
 class OnnxIO:
     """What a layer's ONNX export works on: value names, parameters and static shapes.
     ``extra["compat"]`` is the Ristretto build being reproduced; a layer that rewrites a bottom
-    in place (Ristretto's CPU build trims its inputs so) sets ``extra["rebind"]`` to
-    {bottom index: new value name}, and later layers read the new value."""
+    in place (Ristretto's layers trim their inputs so, in both builds) sets ``extra["rebind"]``
+    to {bottom index: new value name}, and later layers read the new value, through the blob
+    and through every blob sharing its data (Split, Flatten, Reshape tops)."""
     bottoms: list
     tops: list
     blobs: list
@@ -69,6 +70,7 @@ class LayerImpl:
     bottoms_range = (1, 1)   # (min, max) number of bottoms; max None = unbounded
     tops_range = (1, 1)
     is_source = False         # produces network inputs (Input, Data, ...): fed by the runtime
+    rewrites_bottoms = False  # changes bottoms in place (Ristretto's layers; see ``run``)
     onnx_exportable = True
 
     def __init__(self, layer, phase="TEST"):
@@ -110,7 +112,10 @@ class LayerImpl:
 
     def run(self, bottoms, blobs, context):
         """Forward with the run's options (``RunContext``: compat mode, seeded generator, an
-        array to reuse). Plain Caffe layers ignore them; Ristretto layers override this."""
+        array to reuse). Plain Caffe layers ignore them; Ristretto layers override this.
+        ``bottoms`` is a list the runtime made for this call: a layer that changes a bottom in
+        place (Ristretto's trim their inputs, in both builds) puts the new array at that index
+        instead of writing into the given one, and the runtime rebinds the blob to it."""
         if context.reuse is not None and hasattr(self, "forward_into"):
             return [self.forward_into(bottoms, blobs, context.reuse)]
         return self.forward(bottoms, blobs)

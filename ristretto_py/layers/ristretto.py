@@ -3,9 +3,13 @@ LRNRistretto, with the TEST-phase semantics of DESIGN section 3.
 
 A Ristretto layer trims its input (Convolution and Deconvolution: every bottom; FcRistretto:
 bottom 0), trims its weights and bias, runs the float operation of its Caffe base type and trims
-its output. Under ``compat="cpu"`` the input is trimmed in place, as Ristretto's CPU build does,
-so other readers of that blob see the trimmed values. The rules themselves live in
-``ristretto_py.precision`` and ``ristretto_py.numerics``; their ONNX form in
+its output. Both of Ristretto's builds trim the input in place (the CPU code on
+``mutable_cpu_data``, the CUDA code on ``mutable_gpu_data``), so a layer that reads the same blob
+later sees the trimmed values; both ``compat`` modes do so, and they differ only in the rules of
+``numerics`` (NEAREST ties, the mini-float early exit) and in power-of-two activation trimming.
+The numpy forward hands the trimmed input back in its ``bottoms`` list (the runtime rebinds the
+blob; no array is written), the ONNX export rebinds the blob's value name. The rules themselves
+live in ``ristretto_py.precision`` and ``ristretto_py.numerics``; their ONNX form in
 ``ristretto_py.runtime.onnx_trim``.
 
 LRNRistretto exists only for MINIFLOAT and ACROSS_CHANNELS and only in Ristretto's CUDA code: a
@@ -26,6 +30,7 @@ class _RistrettoLayer:
     """Mixin over a Caffe layer class: trimming around its ``forward``."""
 
     trims_all_bottoms = True
+    rewrites_bottoms = True
 
     def setup(self, spec):
         super().setup(spec)
@@ -48,14 +53,11 @@ class _RistrettoLayer:
     def run(self, bottoms, blobs, context):
         p = self.precision
         count = len(bottoms) if self.trims_all_bottoms else 1
-        inputs = list(bottoms)
         for i in range(count):
-            trimmed = p.trim_input(bottoms[i], context)
-            if context.compat == "cpu" and trimmed is not bottoms[i]:
-                np.copyto(bottoms[i], trimmed)
-                trimmed = bottoms[i]
-            inputs[i] = trimmed
-        tops = self.forward(inputs, self._params(blobs, context))
+            # In place, in both builds: the trimmed array replaces the bottom in the caller's
+            # list, and the runtime makes it the blob's value (see ``LayerImpl.run``).
+            bottoms[i] = p.trim_input(bottoms[i], context)
+        tops = self.forward(list(bottoms), self._params(blobs, context))
         return [p.trim_output(top, context) for top in tops]
 
     # -- ONNX -------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class _RistrettoLayer:
         bottoms = list(io.bottoms)
         for i in range(count):
             bottoms[i] = self._trim_value(graph, bottoms[i], p.bw_layer_in, p.fl_layer_in, compat)
-            if compat == "cpu" and bottoms[i] != io.bottoms[i]:
+            if bottoms[i] != io.bottoms[i]:          # trimmed in place, in both builds
                 io.extra.setdefault("rebind", {})[i] = bottoms[i]
         params = p.trim_params(io.blobs, RunContext(compat, None), self.bias_term)
         raw_tops = [graph.unique(f"{top}@float") for top in io.tops]

@@ -3,11 +3,7 @@
 Runtimes feed their tops from outside (``is_source``); here they only give shapes. A Data
 layer's shape comes from the first record of its LMDB (or from shapes the caller supplies).
 """
-import os
-
-import numpy as np
-
-from ..errors import FormatError, NetError
+from ..errors import FormatError
 from .base import LayerImpl, register
 
 
@@ -46,7 +42,10 @@ class Data(LayerImpl):
     is_source = True
 
     def setup(self, spec):
-        self.batch_size = spec.data_param.batch_size or 1
+        self.batch_size = spec.data_param.batch_size
+        if self.batch_size < 1:
+            raise self.error("data_param.batch_size is 0 (or missing): give the number of "
+                             "images per batch, as Caffe requires")
 
     def output_shapes(self, bottom_shapes):
         from ..protos import caffe_pb2
@@ -55,11 +54,11 @@ class Data(LayerImpl):
             raise self.error("only LMDB databases are supported (set data_param.backend: LMDB)")
         datum = _first_datum(source, self.name)
         if datum.encoded:
-            import cv2
-            image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
-            if image is None:
-                raise FormatError("first record holds an encoded image OpenCV cannot decode",
-                                  path=source, layer=self.name)
+            from ..images import decode, opencv
+            try:
+                image = decode(datum.data, opencv().IMREAD_COLOR, source, "first record")
+            except FormatError as exc:
+                raise exc.with_context(layer=self.name)
             channels, height, width = image.shape[2], image.shape[0], image.shape[1]
         else:
             channels, height, width = datum.channels, datum.height, datum.width
@@ -70,22 +69,20 @@ class Data(LayerImpl):
 def _first_datum(source, layer_name):
     import lmdb
 
+    from ..lmdb_data import close_lmdb, open_lmdb
     from ..protos import caffe_pb2
-    if not source:
-        raise NetError("data_param.source is empty: give the LMDB path", layer=layer_name)
-    if not os.path.exists(source):
-        raise FormatError("LMDB database does not exist", path=source, layer=layer_name)
+    env = open_lmdb(source, layer_name)
     try:
-        env = lmdb.open(source, readonly=True, lock=False, subdir=os.path.isdir(source))
         with env.begin() as txn:
             cursor = txn.cursor()
             if not cursor.first():
                 raise FormatError("LMDB database is empty", path=source, layer=layer_name)
             value = cursor.value()
-        env.close()
     except lmdb.Error as exc:
         raise FormatError(f"not a readable LMDB database ({exc})", path=source,
                           layer=layer_name) from None
+    finally:
+        close_lmdb(env)
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(value)

@@ -6,7 +6,9 @@ layer turns its input and parameters into mantissas (Ristretto's trimming), mult
 sums in an accumulator of ``acc_bits`` (wrap or saturate; 64 = unbounded), adds the bias aligned
 by a shift, and shifts the sum to the output format with the layer's rounding and saturation.
 MAX pooling, ReLU, Eltwise and Concat work on mantissas (aligned to a common fractional length).
-Any other layer (AVE pooling, Softmax, Accuracy, ...) runs in float on the values.
+Any other layer (AVE pooling, Softmax, Accuracy, ...) runs in float on the values. As in both of
+Ristretto's builds, a Ristretto layer's input is trimmed in place: later readers of the blob get
+its mantissas in the layer's input format (no array is written; the blob is rebound).
 
 The result equals the float64 emulation of the Ristretto net wherever that emulation is exact.
 For every Ristretto layer the backend also runs Ristretto's own float32 emulation of the layer on
@@ -23,7 +25,7 @@ from ..layers.base import RunContext, normalize_axis
 from ..layers.conv import im2col
 from ..layers.pooling import max_pool_integers
 from ..precision import DYNAMIC_FIXED_POINT
-from .numpy_backend import feed_inputs
+from .numpy_backend import feed_inputs, shares_data
 
 INTEGER_TYPES = ("ConvolutionRistretto", "FcRistretto")
 EXACT_FLOAT64 = 2.0 ** 53
@@ -68,7 +70,9 @@ class FixedRuntime:
             if impl.is_source:
                 continue
             bottoms = [values[b] for b in layer.bottoms]
-            tops = self._run(layer, impl, bottoms)
+            given = list(bottoms)          # a Ristretto layer puts its trimmed inputs here
+            tops = self._run(layer, impl, given)
+            _rebind(values, bottoms, given)
             for top, value in zip(layer.tops, tops):
                 values[top] = value
             if observer is not None:
@@ -79,7 +83,8 @@ class FixedRuntime:
     def _run(self, layer, impl, bottoms):
         fixed = all(fl is not None for _, fl in bottoms)
         if layer.type in INTEGER_TYPES:
-            return [self._ristretto(layer, impl, bottoms[0])]
+            top, bottoms[0] = self._ristretto(layer, impl, bottoms[0])
+            return [top]
         if fixed and layer.type == "ReLU" and impl.negative_slope == 0:
             m, fl = bottoms[0]
             return [(np.maximum(m, 0), fl)]
@@ -88,7 +93,12 @@ class FixedRuntime:
             return [(max_pool_integers(impl, m), fl)]
         if fixed and layer.type in ("Concat", "Eltwise", "Split"):
             return self._aligned(layer, impl, bottoms)
-        tops = impl.run([_as_float(b) for b in bottoms], layer.blobs, self.context)
+        floats = [_as_float(b) for b in bottoms]
+        given = list(floats)
+        tops = impl.run(given, layer.blobs, self.context)
+        for i, (before, after) in enumerate(zip(floats, given)):
+            if after is not before:                   # trimmed in place (a Ristretto layer)
+                bottoms[i] = (after, None)
         return [(np.asarray(t, np.float32), None) for t in tops]
 
     def _aligned(self, layer, impl, bottoms):
@@ -140,7 +150,7 @@ class FixedRuntime:
         ours = fx.to_float(m_out, p.fl_layer_out)
         self.report[layer.name] = LayerReport(int(ours.size), int(np.count_nonzero(ours != reference)),
                                               overflows)
-        return m_out, p.fl_layer_out
+        return (m_out, p.fl_layer_out), (m_in, p.fl_layer_in)
 
     def _products(self, layer, impl, m_in, m_w):
         """Sums of products per output (int64) through the accumulator, and the exact sums."""
@@ -200,6 +210,19 @@ def _exact_matmul(a, b):
     if bound < EXACT_FLOAT64:
         return np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
     return np.matmul(a, b)
+
+
+def _rebind(values, before, after):
+    """Rebind every blob that held a replaced (array, fl) value, or a reshaped view of its
+    array in the same format, to the replacement (see ``numpy_backend.rebind_trimmed``)."""
+    for old, new in zip(before, after):
+        if new is old:
+            continue
+        for name, value in list(values.items()):
+            if value is old:
+                values[name] = new
+            elif value[1] == old[1] and shares_data(value[0], old[0]):
+                values[name] = (np.reshape(new[0], value[0].shape), new[1])
 
 
 def _as_float(value):

@@ -1,5 +1,11 @@
 """The numpy reference runtime: runs a Net layer by layer in float32 with the registry's
-forward functions, keeping every named blob."""
+forward functions, keeping every named blob.
+
+A Ristretto layer trims its inputs in place in both of Ristretto's builds, so later readers of
+those blobs see the trimmed values. Here no array is ever written for that: the layer hands the
+trimmed array back in its ``bottoms`` list and the runtime rebinds the blob, and every blob
+sharing its data, to it (``rebind_trimmed``). The caller's inputs, cached batches and the
+snapshots of ``record`` therefore stay as they were."""
 import numpy as np
 
 from ..errors import NetError, RistrettoError
@@ -23,8 +29,9 @@ class NumpyRuntime:
     def forward(self, inputs, observer=None):
         """Run the net on ``inputs`` (blob name -> N x C x H x W array).
 
-        Returns a dict of every named blob (for in-place blobs, the last value written).
-        ``observer(layer, bottoms, tops)``, if given, sees each layer's arrays as it runs.
+        Returns a dict of every named blob (for in-place blobs, the last value written; a blob
+        a Ristretto layer read holds its trimmed values). ``observer(layer, bottoms, tops)``, if
+        given, sees each layer's arrays as it runs: the bottoms as the layer received them.
         """
         return self._run(feed_inputs(self.net, inputs), 0, observer, reuse=True)
 
@@ -61,17 +68,43 @@ class NumpyRuntime:
             bottoms = [blobs[b] for b in layer.bottoms]
             candidate = _reusable(layer, blobs) if reuse else None
             self.context.reuse = None if candidate is None or id(candidate) in foreign else candidate
+            given = list(bottoms)          # the layer may put trimmed inputs in this list
             try:
-                tops = impl.run(bottoms, layer.blobs, self.context)
+                tops = impl.run(given, layer.blobs, self.context)
             except RistrettoError as exc:
                 raise exc.with_context(path=net.source, layer=layer.name)
             finally:
                 self.context.reuse = None
+            rebind_trimmed(blobs, bottoms, given)
             for top, value in zip(layer.tops, tops):
                 blobs[top] = np.asarray(value, dtype=np.float32) if value.dtype != np.float32 else value
             if observer is not None:
                 observer(layer, bottoms, tops)
         return blobs
+
+
+def rebind_trimmed(blobs, before, after):
+    """After a layer ran on the list ``after`` (a copy of ``before``, the arrays of its bottoms),
+    rebind every blob holding an array the layer replaced (trimmed in place, as Ristretto's
+    layers do in both builds) to the replacement. Blobs that share the replaced array's data
+    follow too, as they do in Caffe: the same array (Split's tops) or a reshaped view of it
+    (Flatten, Reshape). Nothing is written into any array."""
+    for old, new in zip(before, after):
+        if new is old:
+            continue
+        for name, value in list(blobs.items()):
+            if value is old:
+                blobs[name] = new
+            elif shares_data(value, old):
+                blobs[name] = np.reshape(new, value.shape)
+
+
+def shares_data(a, b):
+    """Whether ``a`` and ``b`` are two shapes of one buffer (a reshape view of the other)."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.size != b.size or not a.size:
+        return False
+    return (a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _reusable(layer, blobs):
@@ -95,7 +128,7 @@ def feed_inputs(net, inputs):
             if shapes.get(name) is not None and len(shapes[name]) <= 1:
                 continue  # a label top of a data layer: optional for a plain forward pass
             raise NetError(f"no input given for blob '{name}'", path=net.source)
-        # A copy: layers that trim in place (Ristretto's CPU build) must not touch the caller's.
+        # A copy: in-place layers (an in-place ReLU on an input) must not touch the caller's.
         value = np.array(inputs[name], dtype=np.float32)
         expected = shapes.get(name)
         if expected is not None and tuple(value.shape[1:]) != tuple(expected[1:]):

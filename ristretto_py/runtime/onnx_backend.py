@@ -1,11 +1,28 @@
-"""The onnxruntime backend: runs a Net exported to ONNX in an onnxruntime CPU session; layers
-without an ONNX form (the export's tail, e.g. DetectionOutput) then run in numpy."""
+"""The onnxruntime backend: runs a Net exported to ONNX in an onnxruntime session (CPU, or a
+CUDA device chosen with ``select_gpu`` when onnxruntime has a CUDA provider); layers without an
+ONNX form (the export's tail, e.g. DetectionOutput) then run in numpy."""
 import numpy as np
 
 from ..errors import NetError, RistrettoError
 from ..layers.base import RunContext
-from .numpy_backend import feed_inputs
+from .numpy_backend import feed_inputs, rebind_trimmed
 from .onnx_export import export_onnx
+
+
+_gpu = None     # CUDA device for new sessions (select_gpu), or None for the CPU
+
+
+def select_gpu(device):
+    """Run the sessions created from now on on CUDA device ``device`` (None: on the CPU). The
+    caller checks that onnxruntime offers the CUDA provider (the tools' ``--gpu`` does)."""
+    global _gpu
+    _gpu = device
+
+
+def _providers():
+    if _gpu is None:
+        return ["CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": int(_gpu)}), "CPUExecutionProvider"]
 
 
 class OnnxRuntime:
@@ -29,7 +46,7 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.session = ort.InferenceSession(self.export.model.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=_providers())
 
     def forward(self, inputs, observer=None):
         if observer is not None:
@@ -42,9 +59,12 @@ class OnnxRuntime:
         blobs.update(zip(names, (np.asarray(v, dtype=np.float32) for v in values)))
         for index in self.export.tail:
             layer, impl = net.layers[index], net.impl(index)
+            bottoms = [blobs[b] for b in layer.bottoms]
+            given = list(bottoms)
             try:
-                tops = impl.run([blobs[b] for b in layer.bottoms], layer.blobs, self.context)
+                tops = impl.run(given, layer.blobs, self.context)
             except RistrettoError as exc:
                 raise exc.with_context(path=net.source, layer=layer.name)
+            rebind_trimmed(blobs, bottoms, given)     # inputs trimmed in place (Ristretto)
             blobs.update(zip(layer.tops, tops))
         return blobs

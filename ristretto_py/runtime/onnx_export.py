@@ -4,6 +4,11 @@ Caffe reuses blob names for in-place layers; ONNX values are assigned once. The 
 of every Caffe blob keeps the blob's name, earlier versions are called ``blob@layer``. Layers
 ONNX cannot express (``onnx_exportable = False``, e.g. DetectionOutput) and everything that
 depends on them form the *tail*, which the onnxruntime backend runs with numpy afterwards.
+
+A Ristretto layer trims its inputs in place (both of Ristretto's builds): its export names the
+trimmed value in ``extra["rebind"]`` and later readers of the blob read that value. Blobs whose
+numpy forms share the blob's data (the tops of Split, Flatten, Reshape and Dropout, as the numpy
+runtime keeps them) are rebound with it, to an Identity or Reshape of the trimmed value.
 """
 from dataclasses import dataclass, field
 
@@ -12,6 +17,9 @@ import onnx
 from ..errors import RistrettoError, UnsupportedError
 from ..layers.base import OnnxIO
 from .onnx_graph import OnnxGraph
+
+# Layer types whose numpy forward returns its bottom's data (the same array or a reshape view).
+SHARES_DATA = ("Split", "Flatten", "Reshape", "Dropout")
 
 
 @dataclass
@@ -43,10 +51,12 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
     graph = OnnxGraph()
     current = {}
     graph_inputs = []
+    sharing = _Sharing(graph, current)
     for name in net.input_blobs:
         graph.reserve(name)
         current[name] = name
         shape = shapes[name]
+        sharing.shape[name] = tuple(shape)
         graph_inputs.append((name, (None,) + tuple(shape[1:]) if dynamic_batch else shape))
     # The last version of a blob carries the blob's own name, unless that name is a graph
     # input (an input blob rewritten in place): then every version gets a derived name.
@@ -73,9 +83,13 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
         except RistrettoError as exc:
             raise exc.with_context(path=net.source, layer=layer.name)
         for index, value in io.extra.get("rebind", {}).items():
-            current[layer.bottoms[index]] = value
-        for top, name in zip(layer.tops, tops):
+            sharing.rebind(layer.bottoms[index], bottoms[index], value)
+        for index, (top, name) in enumerate(zip(layer.tops, tops)):
             current[top] = name
+            if index < len(top_shapes):
+                sharing.shape[name] = tuple(top_shapes[index])
+            if layer.type in SHARES_DATA:
+                sharing.join(name, bottoms[0])
     if all_blobs:
         wanted = list(last_writer)
     else:
@@ -91,6 +105,36 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
     model = graph.build(graph_inputs, graph_outputs, name=net.name or "net")
     onnx.checker.check_model(model)
     return OnnxExport(model, outputs, in_tail)
+
+
+class _Sharing:
+    """Which ONNX values hold the same data in the numpy runtime, and the rebinding of every blob
+    holding such a value when a layer trims one of them in place."""
+
+    def __init__(self, graph, current):
+        self.graph, self.current = graph, current
+        self.root = {}       # value name -> the value whose data it shares
+        self.shape = {}      # value name -> static shape
+
+    def join(self, value, source):
+        self.root[value] = self.root.get(source, source)
+
+    def rebind(self, blob, old, new):
+        group = self.root.get(old, old)
+        self.root[new], self.shape[new] = group, self.shape.get(old)
+        self.current[blob] = new
+        for other, value in list(self.current.items()):
+            if other == blob or self.root.get(value, value) != group:
+                continue
+            shape = self.shape.get(value)
+            if shape is None or self.shape[new] is None or shape == self.shape[new]:
+                alias = self.graph.node("Identity", [new])[0]
+            else:
+                keep_batch = shape and self.shape[new] and shape[0] == self.shape[new][0]
+                target = [0 if keep_batch else -1] + list(shape[1:]) if shape else []
+                alias = self.graph.node("Reshape", [new, self.graph.ints(target, "shape")])[0]
+            self.current[other] = alias
+            self.root[alias], self.shape[alias] = group, shape
 
 
 def _final_writer(net, blob):
@@ -109,6 +153,8 @@ def _tail_layers(net, compat="gpu"):
         if not impl.onnx_supported(compat) or any(b in tainted for b in layer.bottoms):
             tail.append(i)
             tainted.update(layer.tops)
+            if impl.rewrites_bottoms:      # later readers must see its trimmed inputs
+                tainted.update(layer.bottoms)
     return tail
 
 
