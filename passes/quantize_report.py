@@ -206,6 +206,16 @@ def write_report(directory, report):
 
 
 def _plot(report, path):
+    from matplotlib import pyplot as plt
+    figure = score_figure(report)
+    with atomic_output(path) as handle:
+        figure.savefig(handle, format="png", metadata={"Software": None})
+    plt.close(figure)
+
+
+def score_figure(report):
+    """The score against bit width of every candidate, each stage's chosen width starred, the
+    float baseline, the margin and the final net's score (a matplotlib Figure)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -222,7 +232,7 @@ def _plot(report, path):
         chosen = [p for p in points if p[0] == width]
         if chosen:
             axes.plot(*chosen[0], marker="*", markersize=16, color=line.get_color(),
-                      markeredgecolor="black", linestyle="none")
+                      markeredgecolor="black", linestyle="none", gid=f"chosen {stage}")
     axes.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black",
               linestyle="none", label="chosen width")
     axes.axhline(report["float_score"], color="gray", linestyle="--", label="float baseline")
@@ -237,9 +247,7 @@ def _plot(report, path):
     axes.set_title(f"ristretto-py quantize: {report['trimming_mode']}")
     axes.legend(fontsize="small")
     figure.tight_layout()
-    with atomic_output(path) as handle:
-        figure.savefig(handle, format="png", metadata={"Software": None})
-    plt.close(figure)
+    return figure
 
 
 def _chosen_width(report, stage):

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import net_param, write_model
+from conftest import write_model
 from ristretto_py import images
 from ristretto_py.cli.common import run
 from ristretto_py.errors import FormatError, RistrettoError

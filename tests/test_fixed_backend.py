@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ristretto_py import Net, caffe_io, numerics
+from ristretto_py import Net, caffe_io
 from ristretto_py.evaluators.classification import fetch_batches
 from ristretto_py.layers.conv import convolve, convolve_indexed
 from ristretto_py.passes import ranges, ristretto_edit

@@ -1,6 +1,5 @@
 """Convolution, Deconvolution, InnerProduct and Pooling: hand-computed cases for Caffe's rules,
 OpenCV's Caffe importer as the independent reference, onnxruntime for the ONNX export."""
-import cv2
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """BatchNorm, Scale, Bias, LRN, Softmax, Eltwise, the shape layers and the scoring layers:
 hand-computed cases for Caffe's rules, OpenCV's Caffe importer where it has the layer, and
 onnxruntime for every exportable layer (also with another batch size than the prototxt's)."""
-import cv2
 import numpy as np
 import pytest
 

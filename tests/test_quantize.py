@@ -3,7 +3,6 @@ iteration count), the written prototxt field by field, both backends on the quan
 safe integer-length rule, the report, and bad input through the command line."""
 import json
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from ristretto_py import Net, caffe_io, numerics
 from ristretto_py.cli import quantize as quantize_cli
 from ristretto_py.evaluators.classification import fetch_batches
-from ristretto_py.passes import ranges, ristretto_edit
+from ristretto_py.passes import ranges
 from ristretto_py.passes.ristretto_quantize import RistrettoQuantizer
 from ristretto_py.protos import caffe_pb2
 from ristretto_py.runtime import NumpyRuntime, OnnxRuntime

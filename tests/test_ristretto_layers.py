@@ -1,7 +1,8 @@
 """Ristretto layer types on both backends: trimming of inputs, parameters and outputs around the
-float operation (checked against OpenCV's convolution of the trimmed operands), the CPU build's
-in-place input trimming, seeded stochastic rounding, LRNRistretto against a scalar transcription
-of Ristretto's CUDA kernel, and the ONNX trimming ops bit for bit against ``numerics``."""
+float operation (checked against OpenCV's convolution of the trimmed operands), the in-place
+input trimming of both builds, seeded stochastic rounding, LRNRistretto against a scalar
+transcription of Ristretto's CUDA kernel, and the ONNX trimming ops bit for bit against
+``numerics``."""
 import cv2
 import numpy as np
 import onnxruntime as ort

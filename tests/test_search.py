@@ -13,7 +13,7 @@ from ristretto_py.cli import quantize as quantize_cli
 from ristretto_py.evaluators.classification import evaluate_classification
 from ristretto_py.passes.per_layer_search import per_layer_search
 from ristretto_py.passes.ristretto_quantize import RistrettoQuantizer
-from ristretto_py.passes.sensitivity import CachedEvaluator, analyze
+from ristretto_py.passes.sensitivity import analyze
 from ristretto_py.runtime import NumpyRuntime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,6 +81,20 @@ def test_cli_per_layer_and_analyze(tmp_path, monkeypatch, capsys):
                               "--report", str(tmp_path / "r")]) == 0
     report = json.loads((tmp_path / "r" / "pareto.json").read_text())
     assert (tmp_path / "r" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # The core files of every quantize report, describing the written per-layer net.
+    core = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (tmp_path / "r" / "score_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    assert core["final_score"] == report["per_layer"]["score"]
+    assert core["weight_bytes_after"] == report["per_layer"]["weight_bytes"]
+    assert core["weight_bytes_before"] == 4 * sum(
+        np.size(b) for layer in Net.load(MODEL, WEIGHTS).layers for b in layer.blobs)
+    assert {name: [c["weights"], c["activations"]] for name, c in core["chosen"].items()} == \
+        report["per_layer"]["config"]
+    assert set(core["layers"]) == set(report["per_layer"]["config"])
+    assert all(set(entry["saturation"]) == {"input", "output", "params"}
+               for entry in core["layers"].values())
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert f"- final score: {core['final_score']:.4f} ({core['margin_verdict']})" in markdown
     net = Net.load(out, WEIGHTS)
     score = float(evaluate_classification(net, 3).score())
     assert score == pytest.approx(report["per_layer"]["score"], abs=1e-7)
