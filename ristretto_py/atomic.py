@@ -86,12 +86,20 @@ def staging_directory(path):
         return directory
     if _staging.get() is None:
         raise RistrettoError("cannot write: the directory does not exist", path=path)
-    while not os.path.isdir(directory):
-        parent = os.path.dirname(directory)
-        if parent == directory:
+    existing = nearest_existing(directory)
+    if not os.path.isdir(existing):
+        raise RistrettoError(f"cannot write: {existing} is a file, not a directory", path=path)
+    return existing
+
+
+def nearest_existing(path):
+    """``path`` itself if it exists, else its nearest existing ancestor."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
             break
-        directory = parent
-    return directory
+        path = parent
+    return path
 
 
 def make_directory(path):

@@ -122,3 +122,12 @@ def test_ristretto_entry_point_reports_errors_under_its_command_name(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("ristretto kmeans: error: ") and "power of two" in result.stderr
+
+
+def test_values_that_start_with_a_dash_are_values():
+    args = parser_of("forward").parse_args(["--model", "m", "--weights", "w", "--input", "x.png",
+                                            "--output", "/tmp/o.npz", "--mean", "-1,2,3",
+                                            "--scale", "-0.5"])
+    assert args.mean == (-1.0, 2.0, 3.0) and args.scale == -0.5
+    with pytest.raises(SystemExit):        # a misspelt flag is not swallowed as a value
+        parser_of("forward").parse_args(["--model", "--weigths", "w"])

@@ -67,6 +67,19 @@ def test_an_empty_prototxt_is_refused_naming_the_weights(tmp_path, tool, extra):
     assert snapshot(tmp_path) == before
 
 
+def test_an_onnx_file_without_operations_is_refused(tmp_path):
+    model = tmp_path / "input_only.prototxt"
+    model.write_text('layer { name: "data" type: "Input" top: "data" '
+                     'input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }\n')
+    result = run_tool("export_onnx", "--model", model, "--weights", WEIGHTS,
+                      "--output", tmp_path / "o.onnx")
+    assert result.returncode == 2 and not (tmp_path / "o.onnx").exists()
+    warning, error = result.stderr.splitlines()
+    assert warning == (f"export_onnx: warning: {WEIGHTS}: 4 layer(s) with weights match no layer "
+                       f"of {model} and are ignored: conv1, conv2, ip1, ip2")
+    assert error.startswith("export_onnx: error: ") and "would hold no operation" in error
+
+
 def test_weights_the_prototxt_ignores_are_named_in_a_warning(tmp_path):
     model, weights = example_copy(tmp_path)
     text = model.read_text()

@@ -181,9 +181,9 @@ class ToolParser(argparse.ArgumentParser):
             if has_value:
                 out.append(f"{option}={value}")
             elif (action.nargs is None and action.option_strings and index < len(argv)
-                  and argv[index].startswith("-") and argv[index] != "--"
+                  and argv[index].startswith("-") and not argv[index].startswith("--")
                   and self._canonical(argv[index], actions)[0] is None):
-                out.append(f"{option}={argv[index]}")     # a value that starts with a dash
+                out.append(f"{option}={argv[index]}")     # a value such as -5 or -1,2,3
                 index += 1
             else:
                 out.append(option)

@@ -1,6 +1,7 @@
 """``tools/export_onnx``: write a Caffe net (prototxt + caffemodel) as a standard ONNX model
 (opset 17). Layers ONNX cannot express, and those after them, are reported: they form the tail
 that ``OnnxRuntime`` runs in numpy."""
+from ..errors import NetError
 from ..net import Net
 from ..runtime.onnx_export import export_onnx, save_onnx
 from ..runtime.onnx_graph import OPSET
@@ -27,6 +28,9 @@ def export_main(argv):
     net = Net.load(args.model, args.weights)
     export = export_onnx(net, all_blobs=args.all_blobs, dynamic_batch=not args.static_batch,
                          allow_tail=not args.no_tail)
+    if not len(export.model.graph.node):
+        raise NetError("the net has no layer to export besides its inputs: the ONNX file would "
+                       "hold no operation", path=net.source)
     save_onnx(export, args.output)
     graph = export.model.graph
     print(f"{args.output}: ONNX opset {OPSET}, {len(graph.node)} nodes, "

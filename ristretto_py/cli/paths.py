@@ -4,16 +4,8 @@ import contextlib
 import os
 import tempfile
 
+from ..atomic import nearest_existing
 from ..errors import RistrettoError
-
-
-def _nearest_existing(directory):
-    while not os.path.exists(directory):
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    return directory
 
 
 def _probe(directory, path):
@@ -28,15 +20,21 @@ def _probe(directory, path):
         os.unlink(probe)
 
 
-def check_output_path(path):
-    """Fail early if the file ``path`` cannot be written (its folder must exist)."""
-    path = os.fspath(path)
+def _existing_folder(path):
+    """The folder of ``path``, which must exist."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        existing = _nearest_existing(directory)
+        existing = nearest_existing(directory)
         if not os.path.isdir(existing):
             raise RistrettoError(f"cannot write: {existing} is a file, not a directory", path=path)
         raise RistrettoError("cannot write: the directory does not exist", path=path)
+    return directory
+
+
+def check_output_path(path):
+    """Fail early if the file ``path`` cannot be written (its folder must exist)."""
+    path = os.fspath(path)
+    directory = _existing_folder(path)
     if os.path.isdir(path):
         raise RistrettoError("cannot write: is a directory", path=path)
     _probe(directory, path)
@@ -52,7 +50,7 @@ def check_output_directory(path):
                                  path=path)
         _probe(full, path)
         return
-    existing = _nearest_existing(os.path.dirname(full))
+    existing = nearest_existing(os.path.dirname(full))
     if not os.path.isdir(existing):
         raise RistrettoError(f"cannot create the directory: {existing} is a file", path=path)
     _probe(existing, path)
@@ -63,13 +61,7 @@ def check_new_directory(path):
     path = os.fspath(path)
     if os.path.lexists(path):
         raise RistrettoError("already exists: refusing to overwrite a database", path=path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        existing = _nearest_existing(parent)
-        if not os.path.isdir(existing):
-            raise RistrettoError(f"cannot write: {existing} is a file, not a directory", path=path)
-        raise RistrettoError("cannot write: the directory does not exist", path=path)
-    _probe(parent, path)
+    _probe(_existing_folder(path), path)
 
 
 def same_file(first, second):
