@@ -131,3 +131,20 @@ def test_values_that_start_with_a_dash_are_values():
     assert args.mean == (-1.0, 2.0, 3.0) and args.scale == -0.5
     with pytest.raises(SystemExit):        # a misspelt flag is not swallowed as a value
         parser_of("forward").parse_args(["--model", "--weigths", "w"])
+
+
+def test_warnings_are_one_line_each(capsys):
+    import warnings
+
+    from ristretto_py import RistrettoWarning
+    from ristretto_py.cli.common import run
+
+    def tool(argv):
+        warnings.warn("weights ignored:\n  ip3", RistrettoWarning)
+        warnings.warn("overflow encountered in matmul", RuntimeWarning)
+
+    assert run(tool, [], prog="t") == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "t: warning: weights ignored: ip3"
+    assert lines[1].startswith("t: warning: overflow encountered in matmul (RuntimeWarning in ")
+    assert len(lines) == 2

@@ -43,7 +43,7 @@ def run(main_fn, argv=None, prog=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", RistrettoWarning)
-            warnings.showwarning = _warning_printer(prog, warnings.showwarning)
+            warnings.showwarning = _warning_printer(prog)
             with atomic.all_or_nothing() as staging:
                 code = main_fn(argv)
                 code = 0 if code is None else int(code)
@@ -68,12 +68,13 @@ def run(main_fn, argv=None, prog=None):
         _select_gpu(None)
 
 
-def _warning_printer(prog, fallback):
+def _warning_printer(prog):
+    """Every warning as one ``<tool>: warning:`` line; others than ours say where they arose."""
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, RistrettoWarning):
-            print(f"{prog}: warning: {one_line(message)}", file=sys.stderr)
-        else:
-            fallback(message, category, filename, lineno, file, line)
+        text = one_line(message)
+        if not issubclass(category, RistrettoWarning):
+            text += f" ({category.__name__} in {os.path.basename(filename)}:{lineno})"
+        print(f"{prog}: warning: {text}", file=sys.stderr)
     return show
 
 

@@ -13,7 +13,8 @@ from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import MODES, RistrettoQuantizer
 from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
                      add_seed_argument, make_parser, run)
-from .flag_types import finite_float, float_range, non_negative_float, number_list, positive_int
+from .flag_types import (finite_float, float_range, int_range, non_negative_float, number_list,
+                         positive_int)
 
 PROG = "quantize"
 REPORT_FILES = ("report.json", "report.md", "score_vs_bits.png", "pareto.json", "pareto.png")
@@ -30,7 +31,8 @@ def build_parser():
                              "mini_floating_point, power_of_2_weights too), kmeans or hwce")
     parser.add_argument("--percentile", type=float_range(0, 100, low_open=True), default=99.99,
                         help="hwce mode: MSBs from this percentile of |x| (default 99.99)")
-    parser.add_argument("--msb", type=int, help="hwce mode: one fixed MSB exponent for every signal")
+    parser.add_argument("--msb", type=int_range(-32, 31),
+                        help="hwce mode: one fixed MSB exponent (-32 to 31) for every signal")
     parser.add_output("--weights_quantized", metavar="CAFFEMODEL",
                       help="kmeans mode: where to write the clustered weights")
     parser.add_output("--packed", metavar="FILE", help="kmeans mode: also write the packed file")
