@@ -3,8 +3,10 @@
 its multiply-accumulates, and each layer's share of the totals.
 
 Bit widths come from the Ristretto layers' ``quantization_param`` (and ActivationQuantize and
-ConvolutionHWCE layers): a Ristretto layer's parameters take ``param_bits`` (the bias stays float32 for
-power-of-two weights), its output takes ``bw_layer_out`` (mini-float: 1 + exp + mantissa bits);
+ConvolutionHWCE layers): a Ristretto layer's weights and bias take ``storage_bits`` (the bias its
+own ``bw_bias`` in the ACCUMULATOR format, float32 for power-of-two weights), per-channel weight
+lengths add one 8-bit shift per output channel, its output takes ``bw_layer_out`` (mini-float:
+1 + exp + mantissa bits);
 layers that only move or select values (ReLU, MAX pooling, Concat, Split, Flatten, Reshape,
 Dropout, Permute, Slice, Crop) keep their input's width; everything else is float32.
 """
@@ -12,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from ristretto_py.precision import MINIFLOAT, POWER_OF_2
+from ristretto_py.precision import MINIFLOAT
 
 FLOAT_BITS = 32
 PRESERVING = ("ReLU", "Concat", "Split", "Flatten", "Reshape", "Dropout", "Permute", "Slice", "Crop")
@@ -49,9 +51,13 @@ def _param_bits(layer, impl, count):
         return [impl.bits["kernel"]] + [FLOAT_BITS] * (count - 1)
     if layer.type not in RISTRETTO:
         return [FLOAT_BITS] * count
-    p = impl.precision
-    bits = p.param_bits()
-    return [bits if (i == 0 or p.precision != POWER_OF_2) else FLOAT_BITS for i in range(count)]
+    weight_bits, bias_bits = impl.precision.storage_bits()
+    return [weight_bits] + [bias_bits] * (count - 1)
+
+
+def _extra_param_bits(layer, impl):
+    """Parameter storage beyond the blobs: one shift per output channel of per-channel layers."""
+    return impl.precision.shift_bits() if layer.type in RISTRETTO else 0
 
 
 def layer_costs(net):
@@ -70,6 +76,7 @@ def layer_costs(net):
         param_shapes = impl.param_shapes(bottom_shapes)
         params = sum(int(np.prod(shape)) * bits for shape, bits in
                      zip(param_shapes, _param_bits(layer, impl, len(param_shapes))))
+        params += _extra_param_bits(layer, impl)
         reads = sum(int(np.prod(shapes[b])) * bits for b, bits in zip(layer.bottoms, in_bits))
         writes = sum(int(np.prod(s)) * out_bits for s in top_shapes)
         for top in layer.tops:

@@ -2,7 +2,7 @@
 
 MSB exponents: per layer, for the kernel, the layer input and the layer output, the ceiling of
 log2 of the given percentile of |x| (kernel: its weights; input/output: over the range-analysis
-batches of the TRAIN net), or one fixed ``msb`` for all. Then, as in the other modes, widths are
+batches of the TRAIN net, or the calibration data given), or one fixed ``msb`` for all. Then, as in the other modes, widths are
 tried from wide to narrow and the search stops at the first failure: kernels 16, 8, 6, 4 (signals
 at 16), then inputs/outputs together 16, 8, 6, 4 (kernels at 16); the smallest passing of each
 (16 if none passes) is combined and scored. The layers become ConvolutionHWCE with ``hwce_param``.
@@ -12,12 +12,11 @@ import math
 import numpy as np
 
 from ristretto_py.errors import RistrettoError
-from ristretto_py.evaluators.classification import fetch_batches
 from ristretto_py.protos import caffe_pb2
 from ristretto_py.runtime import NumpyRuntime
 
 from .ristretto_edit import without_state
-from .ristretto_quantize import RANGE_BATCHES, Candidate, QuantizeResult
+from .ristretto_quantize import Candidate, QuantizeResult
 
 HWCE_WIDTHS = (16, 8, 6, 4)
 SAMPLE_LIMIT = 1 << 22
@@ -44,9 +43,10 @@ def calibrate_msbs(quantizer, percentile=None, msb=None):
                 flat = np.abs(np.asarray(value, np.float32)).ravel()
                 samples[layer.name][key].append(flat[::max(1, flat.size // SAMPLE_LIMIT)])
     runtime = NumpyRuntime(train)
-    for batch in fetch_batches(train, RANGE_BATCHES, seed=quantizer.seed):
+    batches = quantizer.calibration_batches(train)
+    for batch in batches:
         runtime.forward(batch, observer=observe)
-    quantizer.forward_passes += RANGE_BATCHES
+    quantizer.forward_passes += len(batches)
     return {l.name: {"kernel": _msb(l.blobs[0], percentile),
                      "input": _msb(np.concatenate(samples[l.name]["input"]), percentile),
                      "output": _msb(np.concatenate(samples[l.name]["output"]), percentile)}
@@ -66,8 +66,7 @@ def hwce_edit(param, msbs, kernel_bits, signal_bits):
 
 
 def search_hwce(quantizer, percentile=99.99, msb=None):
-    quantizer.check_scoring()
-    baseline = quantizer.evaluate(quantizer.param, "float baseline")
+    baseline = quantizer.baseline()
     msbs = calibrate_msbs(quantizer, percentile, msb)
     candidates, chosen = [], {}
     for stage, make in (("kernels", lambda b: hwce_edit(quantizer.param, msbs, b, 16)),

@@ -14,9 +14,8 @@ STAGES = (("conv_params", ("Convolution",)), ("fc_params", ("InnerProduct",)))
 
 def search_kmeans(quantizer, scope="layer", codebook=Codebook(), seed=0):
     """Run the search; returns (QuantizeResult, clustered TEST net, clusters)."""
-    quantizer.check_scoring()
     float_net = quantizer.build(quantizer.param)
-    baseline = quantizer.evaluate(None, "float baseline", net=float_net)
+    baseline = quantizer.baseline()
     candidates, chosen = [], {}
     for stage, types in STAGES:
         names = [l.name for l in float_net.layers if l.type in types and l.blobs]

@@ -11,7 +11,8 @@ import numpy as np
 
 from ristretto_py import numerics
 from ristretto_py.atomic import atomic_output, make_directory, write_text
-from ristretto_py.precision import DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision
+from ristretto_py.precision import (DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision,
+                                    output_channel_axis)
 
 RISTRETTO_TYPES = ("ConvolutionRistretto", "FcRistretto", "DeconvolutionRistretto")
 STAGE_TITLES = {"conv_params": "Dynamic fixed point CONV weights",
@@ -27,15 +28,17 @@ def layer_precisions(quantized):
 
 
 def weight_bytes(net, precisions=None):
-    """Bytes of every weight and bias of ``net``: float32, or the layer's parameter format."""
+    """Bytes of every weight and bias of ``net``: float32, or the layer's parameter formats
+    (weights and bias each at its own width, ``LayerPrecision.storage_bits``), plus one byte per
+    output channel for per-channel weight lengths, as the cost model counts them."""
     total = 0
     for layer in net.layers:
         precision = (precisions or {}).get(layer.name)
+        weight_bits, bias_bits = (32, 32) if precision is None else precision.storage_bits()
         for index, blob in enumerate(layer.blobs):
-            bits = 32
-            if precision is not None and (index == 0 or precision.precision != "integer_power_of_2_weights"):
-                bits = precision.param_bits()
-            total += math.ceil(np.size(blob) * bits / 8)
+            total += math.ceil(np.size(blob) * (weight_bits if index == 0 else bias_bits) / 8)
+        if precision is not None:
+            total += math.ceil(precision.shift_bits() / 8)
     return total
 
 
@@ -67,7 +70,9 @@ def saturation_observer(precisions):
 
 
 def parameter_saturation(net, precisions):
-    """Layer name -> share of weights and biases outside the layer's parameter format."""
+    """Layer name -> share of weights and biases outside the layer's parameter formats. In
+    dynamic fixed point each output channel's weights are checked against that channel's
+    format (per-channel lengths) and the bias against its own (``bias_format``)."""
     shares = {}
     for layer in net.layers:
         p = precisions.get(layer.name)
@@ -76,7 +81,13 @@ def parameter_saturation(net, precisions):
         blobs = layer.blobs[:1] if p.precision == "integer_power_of_2_weights" else layer.blobs
         values = np.concatenate([np.ravel(b) for b in blobs])
         if p.precision == DYNAMIC_FIXED_POINT:
-            shares[layer.name] = numerics.fixed_point_saturation(values, p.bw_params, p.fl_params)
+            weights = layer.blobs[0]
+            length = p.weight_fractional_length(np.ndim(weights), output_channel_axis(layer.spec))
+            clipped = numerics.fixed_point_saturation(weights, p.bw_params, length) * np.size(weights)
+            for bias in layer.blobs[1:2]:
+                clipped += numerics.fixed_point_saturation(
+                    np.ravel(bias), p.bias_bits(), p.bias_fractional_length()) * np.size(bias)
+            shares[layer.name] = round(clipped) / values.size
         elif p.precision == MINIFLOAT:
             shares[layer.name] = _activation_saturation(values, p, 0, 0)
         else:   # power of two: magnitudes beyond the largest exponent (rounded in the log domain)
@@ -93,6 +104,7 @@ class Measurement:
     weight_bytes_after: int
     activation_counts: dict = dataclasses.field(default_factory=dict)
     param_shares: dict = dataclasses.field(default_factory=dict)
+    zeroed: dict = dataclasses.field(default_factory=dict)
 
 
 def measure(quantizer, quantized):
@@ -104,23 +116,56 @@ def measure(quantizer, quantized):
     observe, counts = saturation_observer(precisions)
     quantizer.evaluate(quantizer.param, "saturation (float net)", observer=observe)
     return Measurement(weight_bytes(float_net), weight_bytes(float_net, precisions), counts,
-                       parameter_saturation(float_net, precisions))
+                       parameter_saturation(float_net, precisions),
+                       zeroed_weights(float_net, precisions))
 
 
-def margin_verdict(baseline, score, margin, advice=None):
-    """(kept, sentence): whether ``score`` keeps Ristretto's margin (score + margin/100 >=
-    baseline, the rule every candidate is judged by) and a sentence that says so."""
-    floor = float(baseline) - margin / 100
-    if float(score) + margin / 100 >= float(baseline):
-        return True, f"within the margin: {float(score):g} >= {floor:g}"
+def margin_verdict(baseline, score, measure, advice=None):
+    """(kept, sentence): whether ``score`` keeps the margin of ``measure`` (an
+    ``evaluators.scores.Score``, or a number: Ristretto's margin in points, score + margin/100
+    >= baseline, the rule every candidate is judged by) and a sentence that says so."""
+    if not hasattr(measure, "passes"):
+        from ristretto_py.evaluators.scores import AccuracyScore
+        measure = AccuracyScore(margin=measure)
+    floor, score = measure.floor(baseline), float(score)
     advice = advice or ("--integer_length safe (no activation clips at its observed maximum) "
                         "or --search per_layer finds a net that keeps it")
-    return False, (f"outside the margin: {float(score):g} < {floor:g} (float {float(baseline):g} "
-                   f"minus the {margin:g}-point margin); {advice}")
+    if not measure.higher_is_better:
+        if measure.passes(score, baseline):
+            return True, f"within the margin: {measure.kind} distance {score:.4g} <= {floor:g}"
+        return False, (f"outside the margin: {measure.kind} distance {score:.4g} > {floor:g} "
+                       f"(--max_distance); {advice}")
+    if measure.passes(score, baseline):
+        return True, f"within the margin: {score:g} >= {floor:g}"
+    return False, (f"outside the margin: {score:g} < {floor:g} (float {float(baseline):g} "
+                   f"minus the {measure.margin:g}-point margin); {advice}")
 
 
-def summary_lines(result):
-    """Ristretto's closing log, line for line."""
+def zeroed_weights(net, precisions):
+    """Layer name -> share of its nonzero weights that the layer's format rounds to 0 (a layer
+    whose weights mostly vanish computes nothing: typical of a folded BatchNorm whose bias sized
+    a shared format)."""
+    from ristretto_py.layers.base import RunContext
+    shares = {}
+    for layer in net.layers:
+        p = precisions.get(layer.name)
+        if p is None or not layer.blobs:
+            continue
+        weights = np.asarray(layer.blobs[0])
+        nonzero = weights != 0
+        if not nonzero.any():
+            continue
+        context = RunContext("gpu", np.random.default_rng(0))
+        axis = output_channel_axis(layer.spec)
+        trimmed = p.trim_params(list(layer.blobs[:1]), context, False,
+                                channel_axis=0 if axis is None else axis)[0]
+        shares[layer.name] = float(np.count_nonzero((trimmed == 0) & nonzero)) / nonzero.sum()
+    return shares
+
+
+def summary_lines(result, score_name="Accuracy"):
+    """Ristretto's closing log, line for line (another measure than accuracy is named as
+    ``score_name`` where Ristretto prints "Accuracy")."""
     lines = ["------------------------------", "Network accuracy analysis for"]
     if result.mode == "integer_power_of_2_weights":
         lines += ["Integer-power-of-two weights", "in Convolutional (CONV) and",
@@ -137,7 +182,7 @@ def summary_lines(result):
         chosen = result.chosen
         lines += ["Dynamic fixed point net:", f"{chosen['conv_params']}bit CONV weights,",
                   f"{chosen['fc_params']}bit FC weights,", f"{chosen['activations']}bit layer activations:",
-                  f"Accuracy: {result.final_score:g}"]
+                  f"{score_name}: {result.final_score:g}"]
     elif result.mode == "kmeans":
         for stage, header in (("conv_params", "k-means CONV weights:"), ("fc_params", "k-means FC weights:")):
             lines.append(header)
@@ -145,7 +190,7 @@ def summary_lines(result):
                       for c in result.candidates if c.stage == stage]
         lines += ["k-means net:", f"{result.chosen['conv_params']}bit CONV indices,",
                   f"{result.chosen['fc_params']}bit FC indices (32 = not clustered):",
-                  f"Accuracy: {result.final_score:g}"]
+                  f"{score_name}: {result.final_score:g}"]
     elif result.mode == "hwce":
         for stage, header in (("kernels", "HWCE kernels (signals 16-bit):"),
                               ("activations", "HWCE layer inputs/outputs (kernels 16-bit):")):
@@ -153,7 +198,7 @@ def summary_lines(result):
             lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates if c.stage == stage]
         lines += ["HWCE net:", f"{result.chosen['kernels']}bit kernels,",
                   f"{result.chosen['activations']}bit layer inputs/outputs:",
-                  f"Accuracy: {result.final_score:g}"]
+                  f"{score_name}: {result.final_score:g}"]
     elif result.mode == "minifloat":
         lines.append("Minifloat net:")
         lines += [f"{c.bit_width}bit: \t{c.score:g}" for c in result.candidates]
@@ -163,15 +208,18 @@ def summary_lines(result):
     return lines
 
 
-def build_report(result, measurement, settings, margin_advice=None):
-    """The core report every ``--report`` writes, as a JSON-ready dict: settings, float and
-    final scores and whether the final net keeps the margin, every candidate, the chosen widths,
-    weight bytes before and after, forward batches, and per layer ranges, integer lengths and
-    saturation. Modes add their own keys to it."""
+def build_report(result, measurement, settings, margin_advice=None, measure=None):
+    """The core report every ``--report`` writes, as a JSON-ready dict: settings, the score
+    used, float and final scores and whether the final net keeps the margin, every candidate,
+    the chosen widths, weight bytes before and after, forward batches, and per layer ranges,
+    integer lengths, saturation and the share of weights rounded to 0. Modes add their own keys
+    to it. ``measure``: the search's ``Score`` (default: accuracy, margin in points)."""
     activation_counts, param_shares = measurement.activation_counts, measurement.param_shares
     before, after = measurement.weight_bytes_before, measurement.weight_bytes_after
-    kept, verdict = margin_verdict(result.baseline, result.final_score,
-                                   settings["error_margin"], margin_advice)
+    if measure is None:
+        from ristretto_py.evaluators.scores import AccuracyScore
+        measure = AccuracyScore(margin=settings["error_margin"])
+    kept, verdict = margin_verdict(result.baseline, result.final_score, measure, margin_advice)
     layers = {}
     for name, length in result.lengths.items():
         entry = result.ranges[name]
@@ -183,9 +231,13 @@ def build_report(result, measurement, settings, margin_advice=None):
             "saturation": {
                 "input": counts["input"][0] / counts["input"][1] if counts.get("input", [0, 0])[1] else None,
                 "output": counts["output"][0] / counts["output"][1] if counts.get("output", [0, 0])[1] else None,
-                "params": param_shares.get(name)}}
+                "params": param_shares.get(name)},
+            "zeroed_weights": measurement.zeroed.get(name)}
     return {
         "trimming_mode": result.mode, "settings": settings,
+        "score": measure.describe(), "score_kind": measure.kind,
+        "lower_is_better": not measure.higher_is_better,
+        "score_floor": measure.floor(result.baseline),
         "float_score": result.baseline, "final_score": result.final_score,
         "candidates": [{"stage": c.stage, "bit_width": c.bit_width, "score": c.score,
                         "passed": c.passed} for c in result.candidates],
@@ -236,14 +288,14 @@ def score_figure(report):
     axes.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black",
               linestyle="none", label="chosen width")
     axes.axhline(report["float_score"], color="gray", linestyle="--", label="float baseline")
-    margin = report["settings"]["error_margin"] / 100
-    axes.axhline(report["float_score"] - margin, color="red", linestyle=":", label="margin")
+    floor = report.get("score_floor", report["float_score"] - report["settings"]["error_margin"] / 100)
+    axes.axhline(floor, color="red", linestyle=":", label="margin")
     kept = "within" if report["within_margin"] else "outside"
     axes.axhline(report["final_score"], color="black", linewidth=2,
                  label=f"final net: {report['final_score']:.4g} ({kept} the margin)")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("bit width")
-    axes.set_ylabel("score")
+    axes.set_ylabel(report.get("score_kind") or "score")
     axes.set_title(f"ristretto-py quantize: {report['trimming_mode']}")
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -265,6 +317,7 @@ def _fmt(value, pattern="{:.2%}"):
 
 def _markdown(report):
     lines = [f"# Quantization report: {report['trimming_mode']}", "",
+             f"- score: {report.get('score', 'accuracy')}",
              f"- float score: {report['float_score']:.4f}",
              f"- final score: {report['final_score']:.4f} ({report['margin_verdict']})",
              f"- chosen: {json.dumps(report['chosen'])}",
@@ -284,11 +337,12 @@ def _markdown(report):
         lines += [f"| {r['layer']} | {r['param_bytes']:,.0f} | {r['input_bytes'] + r['output_bytes']:,.0f} | "
                   f"{r['macs']:,} | {r['mac_share']:.1%} |" for r in cost["layers"] if r["macs"] or r["param_bytes"]]
     lines += ["", "![score against bit width](score_vs_bits.png)", "", "## Layers", "",
-              "| layer | max in | max out | il in/out/params | saturated in | saturated out | saturated params |",
-              "|---|---|---|---|---|---|---|"]
+              "| layer | max in | max out | il in/out/params | saturated in | saturated out | "
+              "saturated params | weights rounded to 0 |", "|---|---|---|---|---|---|---|---|"]
     for name, entry in report["layers"].items():
         s = entry["saturation"]
         lines.append(f"| {name} | {entry['max_in']:.4g} | {entry['max_out']:.4g} | "
                      f"{entry['il_in']}/{entry['il_out']}/{entry['il_params']} | {_fmt(s['input'])} | "
-                     f"{_fmt(s['output'])} | {_fmt(s['params'])} |")
+                     f"{_fmt(s['output'])} | {_fmt(s['params'])} | "
+                     f"{_fmt(entry.get('zeroed_weights'))} |")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,15 @@ il_params = ceil(log2 max_weights + 1). The activation rule is one bit short for
 (everything above 2^(il-1) saturates). The ``safe`` rule gives every range one more bit than its
 magnitude needs, floor(log2 max) + 2, so that the observed maximum (even an exact power of two)
 lies below 2^(il-1): clamping costs it less than one quantization step, no more than rounding
-does. It also counts the bias in the parameter range.
+does. It also counts the bias in the parameter range, unless the bias has a format of its own
+(``count_bias=False``: ristretto-py's ACCUMULATOR bias).
+
+Per output channel (``channel_integer_lengths``), the same two rules apply to each channel's
+largest |weight| (``LayerRange.max_weights_channel``, over the weights' output-channel axis:
+axis 0 of Convolution and InnerProduct weights, axis 1 with ``transpose``). A channel whose
+weights are all zero takes the layer-wide weight length (the rule applied to the largest |weight|
+of the whole layer): its weights trim to 0 in any format, and its accumulator-format bias then
+keeps the layer's scale instead of an arbitrary one.
 """
 import dataclasses
 import math
@@ -22,6 +30,7 @@ import math
 import numpy as np
 
 from ristretto_py.errors import NetError
+from ristretto_py.precision import output_channel_axis
 from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
@@ -38,10 +47,20 @@ class LayerRange:
     max_out: float = 0.0
     max_weights: float = 0.0
     max_bias: float = 0.0
+    max_weights_channel: tuple = ()     # max |weight| of each output channel (float32 values)
 
 
 def _max_abs(array):
     return float(np.max(np.abs(array))) if np.size(array) else -10.0   # Ristretto's start value
+
+
+def _channel_max_abs(weights, axis):
+    """max |weight| of each output channel (along ``axis``), as a tuple of floats."""
+    weights = np.asarray(weights, np.float32)
+    if weights.ndim == 0 or weights.size == 0:
+        return ()
+    others = tuple(i for i in range(weights.ndim) if i != axis)
+    return tuple(float(v) for v in np.max(np.abs(weights), axis=others))
 
 
 def reads_after_forward(rule):
@@ -62,7 +81,8 @@ def analyze_ranges(net, batches, rule="ristretto", progress=False):
             weights = layer.blobs[0] if layer.blobs else np.zeros(0)
             bias = layer.blobs[1] if len(layer.blobs) > 1 else np.zeros(0)
             ranges[layer.name] = LayerRange(layer.name, layer.type, 0.0, 0.0,
-                                            max(0.0, _max_abs(weights)), max(0.0, _max_abs(bias)))
+                                            max(0.0, _max_abs(weights)), max(0.0, _max_abs(bias)),
+                                            _channel_max_abs(weights, output_channel_axis(layer.spec)))
     if not ranges:
         raise NetError(f"the {net.phase} net has no Convolution or InnerProduct layer to quantize",
                        path=net.source)
@@ -92,18 +112,52 @@ def _log2(value, what, layer):
     return math.log2(value)
 
 
-def integer_lengths(entry, rule="ristretto"):
-    """(il_in, il_out, il_params) of one LayerRange under ``rule`` ("ristretto" or "safe")."""
+def integer_lengths(entry, rule="ristretto", count_bias=True):
+    """(il_in, il_out, il_params) of one LayerRange under ``rule`` ("ristretto" or "safe").
+
+    ``count_bias``: whether the safe rule sizes il_params for max(|weights|, |bias|) (the bias
+    shares the weights' format, Ristretto's) or for the weights alone (False: the bias has a
+    format of its own). Ristretto's rule never counts the bias."""
     if rule == "ristretto":
         return (math.ceil(_log2(entry.max_in, "input", entry.name)),
                 math.ceil(_log2(entry.max_out, "output", entry.name)),
-                math.ceil(_log2(entry.max_weights, "weight", entry.name) + 1))
+                weight_integer_length(entry.max_weights, rule, entry.name))
     if rule == "safe":
-        params = max(entry.max_weights, entry.max_bias)
+        params = max(entry.max_weights, entry.max_bias) if count_bias else entry.max_weights
         return (math.floor(_log2(entry.max_in, "input", entry.name)) + 2,
                 math.floor(_log2(entry.max_out, "output", entry.name)) + 2,
-                math.floor(_log2(params, "weight", entry.name)) + 2)
+                weight_integer_length(params, rule, entry.name))
     raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+
+
+def weight_integer_length(largest, rule="ristretto", layer=None):
+    """The parameter integer length for a largest magnitude ``largest``: ceil(log2 max + 1)
+    (Ristretto's rule) or floor(log2 max) + 2 (safe)."""
+    if rule == "ristretto":
+        return math.ceil(_log2(largest, "weight", layer) + 1)
+    if rule == "safe":
+        return math.floor(_log2(largest, "weight", layer)) + 2
+    raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+
+
+def channel_integer_lengths(entry, rule="ristretto"):
+    """Weight integer lengths per output channel of one LayerRange (a list of ints), each from
+    that channel's largest |weight| under ``rule``; an all-zero channel takes the layer-wide
+    weight length (see the module docstring)."""
+    if rule not in RULES:
+        raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+    if not entry.max_weights_channel:
+        raise NetError("the range analysis holds no per-channel weight maxima for this layer",
+                       layer=entry.name)
+    layer_wide = weight_integer_length(entry.max_weights, rule, entry.name)
+    largest = np.asarray(entry.max_weights_channel, np.float64)
+    used = largest > 0
+    # The same rules as weight_integer_length, vectorised: np.log2 and math.log2 agree on the
+    # ceil/floor of float32 magnitudes (exact at powers of two, never an ulp from an integer
+    # elsewhere).
+    exponent = np.log2(np.where(used, largest, 1.0))
+    lengths = np.ceil(exponent + 1) if rule == "ristretto" else np.floor(exponent) + 2
+    return [int(v) for v in np.where(used, lengths, layer_wide)]
 
 
 def minifloat_exponent_bits(ranges, start=4):

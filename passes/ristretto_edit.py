@@ -9,11 +9,17 @@ Ristretto matches layer types loosely when it edits for dynamic fixed point (any
 "Convolution"; "InnerProduct" or "FcRistretto") and exactly for mini-float and power-of-two
 weights ("Convolution"/"ConvolutionRistretto", "InnerProduct"/"FcRistretto"). Both rules are
 kept. Only the fields Ristretto sets are written.
+
+``parameter_formats`` is ristretto-py's own post-pass over any of these edits: it gives dynamic
+fixed point layers a 32-bit accumulator bias and/or per-output-channel weight lengths (fields
+Ristretto does not read; see ``ristretto_py.precision``). Without those options it changes nothing.
 """
 import dataclasses
 
 from ristretto_py.errors import NetError
 from ristretto_py.protos import caffe_pb2
+
+from .ranges import RULES, channel_integer_lengths, weight_integer_length
 
 Q = caffe_pb2.QuantizationParameter
 CONV, FC = "ConvolutionRistretto", "FcRistretto"
@@ -137,4 +143,52 @@ def per_layer_dynamic_fixed_point(param, lengths, widths):
         if bw_act is not None:
             q.bw_layer_in, q.fl_layer_in = bw_act, bw_act - il.layer_in
             q.bw_layer_out, q.fl_layer_out = bw_act, bw_act - il.layer_out
+    return edited
+
+
+BIAS_CHOICES = ("shared", "int32")
+
+
+def parameter_formats(param, ranges, bias="shared", per_channel=False, rule="ristretto"):
+    """A copy of ``param`` whose DYNAMIC_FIXED_POINT ConvolutionRistretto/FcRistretto layers get
+    ristretto-py's parameter formats; run it after any edit above.
+
+    ``ranges``: layer name -> ``ranges.LayerRange`` (``analyze_ranges`` of the float net, which
+    holds the per-channel weight maxima); ``rule``: "ristretto" or "safe", the integer-length
+    rule of ``ranges.weight_integer_length`` (ceil(log2 max + 1), or floor(log2 max) + 2).
+
+    * ``bias="int32"``: ``bias_format: ACCUMULATOR`` and ``bw_bias: 32`` (the bias at fractional
+      length fl_layer_in + the weights' length), and, since the bias no longer shares the
+      weights' format, ``fl_params = bw_params - il`` with il from the largest |weight| alone
+      under ``rule`` (the safe rule would otherwise have counted the bias; Ristretto's rule
+      never does, so there it gives the value the edit wrote). ``"shared"``: the bias keeps
+      Ristretto's format and ``fl_params`` is left as the edit set it.
+    * ``per_channel=True``: ``fl_params_channel`` = bw_params - the per-channel integer length
+      of ``ranges.channel_integer_lengths`` (an all-zero channel takes the layer's length),
+      one per output channel.
+
+    Only layers whose parameters have a format (``bw_params`` is set: a "Parameters" edit) are
+    changed; the others keep Ristretto's 32-bit defaults, where a 32-bit accumulator bias at
+    fl_layer_in + fl_params would leave no integer bits. With the defaults (shared bias, no
+    per-channel lengths) the copy is identical to ``param``, field for field."""
+    if bias not in BIAS_CHOICES:
+        raise ValueError(f"bias must be one of {BIAS_CHOICES}, not {bias!r}")
+    if rule not in RULES:
+        raise ValueError(f"integer length rule must be one of {RULES}, not {rule!r}")
+    edited = _copy(param)
+    if bias == "shared" and not per_channel:
+        return edited
+    for layer in edited.layer:
+        q = layer.quantization_param
+        if (layer.type not in (CONV, FC) or q.precision != Q.DYNAMIC_FIXED_POINT
+                or not q.HasField("bw_params")):
+            continue
+        entry = _lengths(ranges, layer)
+        if bias == "int32":
+            q.bias_format = Q.ACCUMULATOR
+            q.bw_bias = 32
+            q.fl_params = q.bw_params - weight_integer_length(entry.max_weights, rule, layer.name)
+        if per_channel:
+            del q.fl_params_channel[:]
+            q.fl_params_channel.extend(q.bw_params - il for il in channel_integer_lengths(entry, rule))
     return edited

@@ -11,19 +11,21 @@
      is scored once and written.
    * minifloat: exponent bits from the ranges; 16, 8, 4 total bits while bits - 1 - exp > 0.
    * integer_power_of_2_weights: exponents [-8, -1] and 8-bit fixed-point activations, no search.
-   A candidate passes while score + margin/100 >= baseline (scores are float32 as in Caffe).
+   A candidate passes while score + margin/100 >= baseline (scores are float32 as in Caffe), or
+   as another measure (``evaluators.scores``: agreement, l2/cosine distance, LFW) says.
 
 The float net's batches are read once and every candidate is evaluated on them; the baseline
 and the range analysis are computed once per run.
 """
 import dataclasses
 
-import numpy as np
 
 from ristretto_py import caffe_io
 from ristretto_py.errors import NetError
-from ristretto_py.evaluators.classification import evaluate_classification, fetch_batches
+from ristretto_py.evaluators.classification import fetch_batches
+from ristretto_py.evaluators.scores import AccuracyScore
 from ristretto_py.net import Net
+from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import make_runtime
 
 from . import ranges as range_analysis
@@ -58,11 +60,20 @@ class QuantizeResult:
 
 
 class RistrettoQuantizer:
-    """One run of the quantize search. ``evaluate`` can be called for any NetParameter."""
+    """One run of the quantize search. ``evaluate`` can be called for any NetParameter.
+
+    ``measure`` (an ``evaluators.scores.Score``) is what the search keeps within its margin
+    (default: Ristretto's, the accuracy of ``score_blob`` or the first scalar output, margin
+    ``error_margin`` points). ``data`` are the batches every candidate is scored on (default:
+    ``iterations`` batches of the TEST net's Data layer) and ``calibration`` those of the range
+    analysis (default: 10 batches of the TRAIN net's Data layer, as Ristretto). ``formats``
+    (keywords of ``ristretto_edit.parameter_formats``: bias format, per-channel weights) is
+    applied to every dynamic-fixed-point net the search builds."""
 
     def __init__(self, model, weights, iterations, trimming_mode, error_margin,
                  backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
-                 seed=0, progress=True, net_param=None):
+                 seed=0, progress=True, net_param=None, measure=None, data=None,
+                 calibration=None, formats=None):
         if trimming_mode not in MODES + ("kmeans", "hwce"):
             raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
         if iterations < 1:
@@ -76,9 +87,12 @@ class RistrettoQuantizer:
         self.backend, self.compat, self.seed = backend, compat, seed
         self.rule = integer_length
         self.score_blob = score_blob
+        self.measure = measure if measure is not None else AccuracyScore(score_blob, error_margin)
+        self.formats = dict(formats or {})
         self.progress = progress
         self.forward_passes = 0
-        self._test_batches = None
+        self._test_batches, self._calibration = data, calibration
+        self._baseline = None
 
     # -- evaluation ---------------------------------------------------------------------------
     def build(self, param, phase="TEST"):
@@ -86,15 +100,9 @@ class RistrettoQuantizer:
                               source=self.model_path, weights_source=self.weights_path)
 
     def check_scoring(self):
-        """Ristretto scores the first output; without an Accuracy layer that would be the loss,
-        where higher is worse. Refuse that unless the user names the blob to score."""
-        net = self.build(self.param)
-        if self.score_blob is None and not any(l.type == "Accuracy" for l in net.layers):
-            raise NetError("the TEST net has no Accuracy layer to score; add one or pass "
-                           "--score_blob", path=self.model_path)
-        if self.score_blob is not None and self.score_blob not in net.output_blobs:
-            raise NetError(f"--score_blob '{self.score_blob}' is not an output of the TEST net "
-                           f"(outputs: {', '.join(net.output_blobs)})", path=self.model_path)
+        """Refuse a net the measure cannot score (Ristretto scores the first output: without an
+        Accuracy layer that would be the loss, where higher is worse)."""
+        self.measure.check(self.build(self.param))
 
     def test_batches(self):
         if self._test_batches is None:
@@ -102,40 +110,94 @@ class RistrettoQuantizer:
             self._test_batches = fetch_batches(net, self.iterations, seed=self.seed)
         return self._test_batches
 
-    def evaluate(self, param, description="evaluate", observer=None, net=None):
-        """Score (float32) of ``param`` (or of a built TEST ``net``) on the cached batches."""
+    def calibration_batches(self, train_net):
+        """The batches of the range analysis (and of other calibrations): given batches, or
+        RANGE_BATCHES batches of the TRAIN net's Data layer, reading its own LMDB or the one
+        named by a ``calibration`` string (its transform_param kept)."""
+        if self._calibration is None or isinstance(self._calibration, str):
+            source = self._calibration
+            if source is not None and not any(l.type == "Data" for l in train_net.source_layers):
+                raise NetError("the calibration data is an LMDB, but the net has no Data layer "
+                               "whose transform_param applies to it (a deploy net): give a "
+                               "folder of images, or --data", path=source)
+            self._calibration = fetch_batches(train_net, RANGE_BATCHES, data_source=source,
+                                              seed=self.seed)
+        return self._calibration
+
+    def use(self, measure=None, data=None, calibration=None):
+        """Score with ``measure`` on ``data`` and calibrate on ``calibration`` (batches, or an
+        LMDB path read through the TRAIN net's Data layer); None keeps the default."""
+        if measure is not None:
+            self.measure = measure
+        if data is not None:
+            self._test_batches = data
+        if calibration is not None:
+            self._calibration = calibration
+
+    def outputs(self, param, description="evaluate", observer=None, net=None):
+        """The blobs the measure reads, one dict per batch, of ``param`` (or a built ``net``)."""
         net = net if net is not None else self.build(param)
         backend = "numpy" if observer else self.backend
         runtime = make_runtime(net, backend, compat=self.compat, seed=self.seed)
-        result = evaluate_classification(net, self.iterations, runtime=runtime,
-                                         batches=self.test_batches(), progress=self.progress,
-                                         observer=observer, description=description)
-        self.forward_passes += self.iterations
-        return np.float32(result.score(self.score_blob))
+        batches = self.test_batches()
+        keep = self.measure.blobs()
+        outputs = []
+        for batch in show_progress(batches, description, "batch", self.progress, len(batches)):
+            blobs = runtime.forward(batch, observer=observer) if observer else runtime.forward(batch)
+            outputs.append({name: blobs[name] for name in keep})
+        self.forward_passes += len(batches)
+        return outputs
+
+    def evaluate(self, param, description="evaluate", observer=None, net=None):
+        """The measure's score of ``param`` (or of a built TEST ``net``) on the search's
+        batches (accuracy: float32, as Caffe computes it)."""
+        return self.measure(self.outputs(param, description, observer, net))
+
+    def baseline(self):
+        """The float net's score; the measure takes the float net's outputs as its reference."""
+        if self._baseline is None:
+            self.check_scoring()
+            outputs = self.outputs(self.param, "float baseline")
+            self.measure.bind(outputs)
+            self._baseline = self.measure(outputs)
+        return self._baseline
 
     def passes(self, score, baseline):
-        # Ristretto: float score + double margin / 100 compared with the float baseline.
-        return float(score) + self.margin / 100 >= float(baseline)
+        return self.measure.passes(score, baseline)
+
+    def formatted(self, param):
+        """``param`` with the parameter formats of ``formats`` (bias, per-channel) applied."""
+        if not self.formats:
+            return param
+        return edit.parameter_formats(param, self._ranges, rule=self.rule, **self.formats)
+
+    def analyze(self):
+        """Range analysis and integer lengths under the rule (computed once)."""
+        if getattr(self, "_ranges", None) is None:
+            train_net = self.build(self.param, "TRAIN")
+            batches = self.calibration_batches(train_net)
+            self.forward_passes += len(batches)
+            # The reading follows the integer-length rule: "ristretto" reads as both builds do.
+            self._ranges = range_analysis.analyze_ranges(train_net, batches, rule=self.rule,
+                                                         progress=self.progress)
+            self._lengths = {name: edit.IntegerLengths(*range_analysis.integer_lengths(entry, self.rule))
+                             for name, entry in self._ranges.items()}
+        return self._ranges, self._lengths
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
-        self.check_scoring()
-        baseline = self.evaluate(self.param, "float baseline")
-        train_net = self.build(self.param, "TRAIN")
-        train_batches = fetch_batches(train_net, RANGE_BATCHES, seed=self.seed)
-        self.forward_passes += RANGE_BATCHES
-        # The reading follows the integer-length rule: "ristretto" reads as both builds do.
-        found = range_analysis.analyze_ranges(train_net, train_batches, rule=self.rule,
-                                              progress=self.progress)
-        lengths = {name: edit.IntegerLengths(*range_analysis.integer_lengths(entry, self.rule))
-                   for name, entry in found.items()}
+        baseline = self.baseline()
+        found, lengths = self.analyze()
         runner = {"dynamic_fixed_point": self._dynamic_fixed_point,
                   "minifloat": self._minifloat,
                   "integer_power_of_2_weights": self._power_of_two}[self.mode]
         result = runner(baseline, found, lengths)
         result.forward_passes = self.forward_passes
-        result.images_per_pass = len(next(iter(self.test_batches()[0].values())))
+        result.images_per_pass = self.images_per_pass()
         return result
+
+    def images_per_pass(self):
+        return len(next(iter(self.test_batches()[0].values())))
 
     def _halvings(self, stage, baseline, make_param):
         """Score 16, 8, 4, 2, 1 bits until the first failure; return candidates and the choice."""
@@ -150,15 +212,16 @@ class RistrettoQuantizer:
         return candidates, chosen
 
     def _dynamic_fixed_point(self, baseline, found, lengths):
-        p = self.param
-        conv, bw_conv = self._halvings("conv_params", baseline, lambda b: edit.dynamic_fixed_point(
-            p, lengths, "Convolution", "Parameters", bw_conv=b))
-        fc, bw_fc = self._halvings("fc_params", baseline, lambda b: edit.dynamic_fixed_point(
-            p, lengths, "InnerProduct", "Parameters", bw_fc=b))
-        act, bw_act = self._halvings("activations", baseline, lambda b: edit.dynamic_fixed_point(
-            p, lengths, "Convolution_and_InnerProduct", "Activations", bw_in=b, bw_out=b))
-        final = edit.dynamic_fixed_point(p, lengths, "Convolution_and_InnerProduct",
-                                         "Parameters_and_Activations", bw_conv, bw_fc, bw_act, bw_act)
+        p, fmt = self.param, self.formatted
+        conv, bw_conv = self._halvings("conv_params", baseline, lambda b: fmt(edit.dynamic_fixed_point(
+            p, lengths, "Convolution", "Parameters", bw_conv=b)))
+        fc, bw_fc = self._halvings("fc_params", baseline, lambda b: fmt(edit.dynamic_fixed_point(
+            p, lengths, "InnerProduct", "Parameters", bw_fc=b)))
+        act, bw_act = self._halvings("activations", baseline, lambda b: fmt(edit.dynamic_fixed_point(
+            p, lengths, "Convolution_and_InnerProduct", "Activations", bw_in=b, bw_out=b)))
+        final = fmt(edit.dynamic_fixed_point(p, lengths, "Convolution_and_InnerProduct",
+                                             "Parameters_and_Activations", bw_conv, bw_fc, bw_act,
+                                             bw_act))
         score = self.evaluate(final, "dynamic fixed point net")
         chosen = {"conv_params": bw_conv, "fc_params": bw_fc, "activations": bw_act}
         return QuantizeResult(self.mode, float(baseline), conv + fc + act, chosen, float(score),

@@ -6,8 +6,8 @@ the range analysis. It keeps, per batch, snapshots of a reference configuration'
 of every Convolution/InnerProduct layer, so a configuration that differs from the reference only
 from layer L on is computed from L's snapshot: the unchanged prefix is never recomputed.
 
-Scores: ``accuracy`` (the first scalar output, float32 means as Caffe) or ``agreement`` (the share
-of images whose top-1 equals the float net's; no labels needed).
+Scores: the quantizer's measure (``evaluators.scores``: accuracy, agreement, l2/cosine distance
+or LFW), read from the recorded blobs; the float net's blobs are its reference.
 
 ``analyze`` quantizes one layer at a time (its weights, or its activations) at each candidate
 width and reports the score and the L2 (Frobenius) distance of every later blob to the float
@@ -17,7 +17,6 @@ import dataclasses
 
 import numpy as np
 
-from ristretto_py.errors import NetError
 from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
@@ -36,29 +35,26 @@ class SensitivityRow:
 
 
 class CachedEvaluator:
-    def __init__(self, quantizer, lengths, score="accuracy", progress=False):
-        self.quantizer, self.lengths, self.score_mode = quantizer, lengths, score
+    def __init__(self, quantizer, lengths, progress=False):
+        self.quantizer, self.lengths = quantizer, lengths
+        self.measure = quantizer.measure
         self.progress = progress
         self.batches = quantizer.test_batches()
         self.float_net = quantizer.build(quantizer.param)
         self.layers = [l.name for l in self.float_net.layers if l.type in QUANTIZED_TYPES]
         self.index = {l.name: i for i, l in enumerate(self.float_net.layers)}
         self.points = sorted(self.index[name] for name in self.layers)
-        self.logits = self._logits_blob()
+        self.measure.check(self.float_net)
         self.evaluations = 0
         self.float_blobs, self.float_snapshots = self._record(self.float_net)
-        self.float_top1 = [np.argmax(b[self.logits].reshape(len(b[self.logits]), -1), axis=1)
-                           for b in self.float_blobs] if self.logits else None
+        if not self.measure.bound:
+            self.measure.bind(self.float_blobs)
         self.reference = ({}, self.float_blobs, self.float_snapshots)
 
-    def _logits_blob(self):
-        for layer in self.float_net.layers:
-            if layer.type == "Accuracy":
-                return layer.bottoms[0]
-        if self.score_mode == "agreement":
-            raise NetError("agreement scoring needs an Accuracy layer to find the class scores",
-                           path=self.float_net.source)
-        return None
+    @property
+    def shown_blob(self):
+        """The blob whose distance to float a table shows: the measured blob, else the last."""
+        return self.measure.blob if self.measure.blob in self.float_blobs[0] else None
 
     def _record(self, net, start=None, snapshots=None):
         runtime = NumpyRuntime(net, compat=self.quantizer.compat, seed=self.quantizer.seed)
@@ -77,20 +73,10 @@ class CachedEvaluator:
 
     def net_for(self, config):
         param = edit.per_layer_dynamic_fixed_point(self.quantizer.param, self.lengths, config)
-        return self.quantizer.build(param)
+        return self.quantizer.build(self.quantizer.formatted(param))
 
     def score(self, blobs):
-        if self.score_mode == "agreement":
-            same = [np.mean(np.argmax(b[self.logits].reshape(len(t), -1), axis=1) == t)
-                    for b, t in zip(blobs, self.float_top1)]
-            return float(np.mean(same))
-        net = self.float_net
-        outputs = [o for o in net.output_blobs if o not in net.input_blobs]
-        name = self.quantizer.score_blob or next(o for o in outputs if np.ndim(blobs[0][o]) == 0)
-        total = np.float32(0)
-        for b in blobs:
-            total = np.float32(total + np.float32(b[name]))
-        return float(np.float32(total / np.float32(len(blobs))))
+        return self.measure(blobs)
 
     def evaluate(self, config, reference=None):
         """(score, blobs, snapshots) of ``config``, reusing the reference configuration's

@@ -5,6 +5,7 @@ backend"): values as int64 mantissas m with a fractional length fl (value = m * 
   (clamp to the format, scale by 2^fl, round): ``trim_fixed_point(x) == m * 2^-fl`` exactly.
 * ``shift``: move a mantissa to another fractional length; going down divides by a power of two
   and rounds like Ristretto's NEAREST (half to even, or half away from zero in the CPU build).
+  Lengths may be per-channel arrays (``to_mantissa`` too), broadcasting against the mantissas.
 * ``saturate`` to a bit width; ``wrap`` to an accumulator width (two's complement).
 * ``accumulate``: a dot product's sum in an accumulator of ``acc_bits`` that wraps or saturates;
   saturation depends on the order of the additions, which here is the kernel's (c, kh, kw) order,
@@ -16,15 +17,17 @@ from . import numerics
 
 
 def to_mantissa(x, bit_width, fractional_length, compat="gpu"):
-    """int64 mantissas of ``x`` in dynamic fixed point (bw, fl), NEAREST rounding."""
+    """int64 mantissas of ``x`` in dynamic fixed point (bw, fl), NEAREST rounding; ``fl`` may be
+    an integer array broadcasting against ``x`` (per-channel lengths)."""
     low, high = numerics.fixed_point_bounds(bit_width, fractional_length)
     clamped = np.minimum(np.maximum(np.asarray(x, np.float32), low), high)
-    scaled = (clamped.astype(np.float64) * 2.0 ** fractional_length).astype(np.float32)
+    scaled = (clamped.astype(np.float64) * numerics.power_of_two(fractional_length)).astype(np.float32)
     return numerics.round_to_integer(scaled, numerics.NEAREST, compat).astype(np.int64)
 
 
 def to_float(mantissa, fractional_length):
-    return (np.asarray(mantissa, np.float64) * 2.0 ** -fractional_length).astype(np.float32)
+    scale = numerics.power_of_two(np.negative(fractional_length))
+    return (np.asarray(mantissa, np.float64) * scale).astype(np.float32)
 
 
 def saturate(mantissa, bit_width):
@@ -41,18 +44,24 @@ def wrap(mantissa, bits):
 
 
 def shift(mantissa, from_fl, to_fl, compat="gpu"):
-    """Re-express mantissas with fractional length ``from_fl`` at ``to_fl`` (rounding down-shifts)."""
+    """Re-express mantissas with fractional length ``from_fl`` at ``to_fl`` (rounding down-shifts).
+
+    The lengths may be integer arrays that broadcast against the mantissas (per-channel
+    formats): every value then moves by its own shift, with the same rounding rule."""
     m = np.asarray(mantissa, np.int64)
-    s = from_fl - to_fl
-    if s <= 0:
+    s = np.asarray(from_fl, np.int64) - np.asarray(to_fl, np.int64)
+    if not np.any(s > 0):
         return m << (-s)
-    quotient = m >> s                       # floor division by 2^s
-    remainder = m - (quotient << s)         # in [0, 2^s)
-    half = 1 << (s - 1)
+    m = m << np.maximum(-s, 0)
+    down = np.maximum(s, 0)
+    quotient = m >> down                    # floor division by 2^down
+    remainder = m - (quotient << down)      # in [0, 2^down)
+    half = (np.int64(1) << down) >> 1       # 0 where nothing is shifted out
     if compat == "gpu":                     # half to even
-        up = (remainder > half) | ((remainder == half) & (quotient % 2 == 1))
+        tie_up = quotient % 2 == 1
     else:                                   # half away from zero
-        up = (remainder > half) | ((remainder == half) & (m >= 0))
+        tie_up = m >= 0
+    up = (down > 0) & ((remainder > half) | ((remainder == half) & tie_up))
     return quotient + up
 
 

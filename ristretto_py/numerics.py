@@ -43,28 +43,44 @@ def round_to_integer(values, rounding=NEAREST, compat="gpu", rng=None):
     return np.trunc(values + np.copysign(0.5, values))
 
 
+def power_of_two(exponent):
+    """2^exponent in float64, exactly: a Python float for an integer, an array for an array of
+    integers (one fractional length per channel, shaped to broadcast against the values)."""
+    if np.ndim(exponent) == 0:
+        return 2.0 ** int(exponent)
+    return np.ldexp(1.0, np.asarray(exponent, dtype=np.int64))
+
+
 def fixed_point_bounds(bit_width, fractional_length):
-    """(min, max) representable value, as the float32 numbers Ristretto clamps with."""
-    step = 2.0 ** -fractional_length
+    """(min, max) representable value, as the float32 numbers Ristretto clamps with.
+
+    ``fractional_length`` is an integer or an integer array (per-channel formats): the bounds
+    then are float32 arrays of the same shape."""
+    step = power_of_two(np.negative(fractional_length))
     high = np.float32((2.0 ** (bit_width - 1) - 1) * step)
     low = np.float32(-(2.0 ** (bit_width - 1)) * step)
     return low, high
 
 
 def trim_fixed_point(x, bit_width, fractional_length, rounding=NEAREST, compat="gpu", rng=None):
-    """Dynamic fixed point: clamp to the format's range, scale by 2^fl, round, scale back."""
+    """Dynamic fixed point: clamp to the format's range, scale by 2^fl, round, scale back.
+
+    ``fractional_length`` may be an integer array that broadcasts against ``x`` (one length per
+    output channel, e.g. shape (C, 1, 1, 1) for convolution weights); each value is then trimmed
+    with its own length, by exactly the scalar rule."""
     _check(rounding, compat, rng)
     x = np.asarray(x, dtype=np.float32)
     low, high = fixed_point_bounds(bit_width, fractional_length)
     clamped = np.minimum(np.maximum(x, low), high)
     with np.errstate(over="ignore", under="ignore"):
-        scaled = (clamped.astype(np.float64) * 2.0 ** fractional_length).astype(np.float32)
+        scaled = (clamped.astype(np.float64) * power_of_two(fractional_length)).astype(np.float32)
         rounded = round_to_integer(scaled, rounding, compat, rng)
-        return (rounded * 2.0 ** -fractional_length).astype(np.float32)
+        return (rounded * power_of_two(np.negative(fractional_length))).astype(np.float32)
 
 
 def fixed_point_saturation(x, bit_width, fractional_length):
-    """Share of the values of ``x`` that the format clips (outside [min, max])."""
+    """Share of the values of ``x`` that the format clips (outside [min, max]); a
+    ``fractional_length`` array broadcasts against ``x`` as in ``trim_fixed_point``."""
     x = np.asarray(x, dtype=np.float32)
     if x.size == 0:
         return 0.0

@@ -6,66 +6,20 @@ import json
 import pathlib
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ristretto_py import caffe_io
 from ristretto_py.cli import evaluate_lfw
 from ristretto_py.evaluators import lfw
-from ristretto_py.protos import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "lenet_fashion"
-NAMES = ["Tshirt_Top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-         "Ankle_Boot"]
-PER_FOLD = 6
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    base = tmp_path_factory.mktemp("lfw")
-    root = base / "lfw"
-    counts = {name: 0 for name in NAMES}
-    env = lmdb.open(str(EXAMPLE / "fashion_test_lmdb"), readonly=True, lock=False)
-    with env.begin() as txn:
-        for _, value in txn.cursor():
-            datum = caffe_pb2.Datum.FromString(value)
-            name = NAMES[datum.label]
-            if counts[name] == 20:
-                continue
-            counts[name] += 1
-            image = np.frombuffer(datum.data, np.uint8).reshape(28, 28)
-            (root / name).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / name / f"{name}_{counts[name]:04d}.jpg"), image)
-    env.close()
-    rng = np.random.default_rng(0)
-
-    def matched():
-        name = NAMES[rng.integers(10)]
-        a, b = rng.choice(np.arange(1, 21), 2, replace=False)
-        return f"{name}\t{a}\t{b}"
-
-    def mismatched():
-        i, j = rng.choice(10, 2, replace=False)
-        return f"{NAMES[i]}\t{rng.integers(1, 21)}\t{NAMES[j]}\t{rng.integers(1, 21)}"
-    lines = [f"10\t{PER_FOLD}"]
-    for _ in range(10):
-        lines += [matched() for _ in range(PER_FOLD)] + [mismatched() for _ in range(PER_FOLD)]
-    (base / "pairs.txt").write_text("\n".join(lines) + "\n")
-    dev = ["15"] + [matched() for _ in range(15)] + [mismatched() for _ in range(15)]
-    (base / "pairsDevTrain.txt").write_text("\n".join(dev) + "\n")
-    param = caffe_io.read_net_text(EXAMPLE / "lenet_train_test.prototxt")
-    deploy = caffe_pb2.NetParameter(name="deploy")
-    deploy.layer.add().CopyFrom(caffe_pb2.LayerParameter(
-        name="data", type="Input", top=["data"],
-        input_param=caffe_pb2.InputParameter(shape=[caffe_pb2.BlobShape(dim=[1, 1, 28, 28])])))
-    for layer in param.layer:
-        if layer.type not in ("Data", "Accuracy", "SoftmaxWithLoss"):
-            deploy.layer.add().CopyFrom(layer)
-    caffe_io.write_net_text(deploy, base / "deploy.prototxt")
-    return base
+def tree(fashion_lfw):
+    return fashion_lfw
 
 
 def _args(tree, *extra):

@@ -29,10 +29,17 @@ def test_ristretto_quantization_fields():
     numbers = {name: q[name].number for name in q}
     assert numbers == {"precision": 1, "rounding_scheme": 2, "bw_layer_in": 3, "bw_layer_out": 4,
                        "bw_params": 5, "fl_layer_in": 6, "fl_layer_out": 7, "fl_params": 8,
-                       "mant_bits": 9, "exp_bits": 10, "exp_min": 11, "exp_max": 12}
+                       "mant_bits": 9, "exp_bits": 10, "exp_min": 11, "exp_max": 12,
+                       # ristretto-py's extensions, far from Ristretto's numbers
+                       "bias_format": 50, "bw_bias": 51, "fl_params_channel": 52}
     defaults = caffe_pb2.QuantizationParameter()
     assert (defaults.bw_params, defaults.fl_params, defaults.mant_bits, defaults.exp_bits,
             defaults.exp_min, defaults.exp_max) == (32, 16, 23, 8, -8, -1)
+    assert (defaults.bias_format, defaults.bw_bias, list(defaults.fl_params_channel)) == (0, 32, [])
+    bias_format = caffe_pb2.QuantizationParameter.BiasFormat
+    assert (bias_format.Value("SHARED"), bias_format.Value("ACCUMULATOR")) == (0, 1)
+    # unused extensions are not written: a default message serialises to nothing
+    assert defaults.SerializeToString() == b""
     precision = caffe_pb2.QuantizationParameter.Precision
     assert (precision.Value("DYNAMIC_FIXED_POINT"), precision.Value("MINIFLOAT"),
             precision.Value("INTEGER_POWER_OF_2_WEIGHTS")) == (0, 1, 2)

@@ -91,9 +91,11 @@ def test_safe_rule_points_elsewhere_when_it_misses(tmp_path, capsys, monkeypatch
                               "--trimming_mode", "dynamic_fixed_point", "--error_margin", "1",
                               "--iterations", "10", "--integer_length", "safe", "--quiet"])
     assert code == 0
-    verdict = [line for line in capsys.readouterr().out.splitlines() if "the margin" in line]
-    # The safe rule's combined net (8-bit activations) scores 0.884 on these 10 batches.
-    assert verdict == ["outside the margin: 0.884 < 0.893 (float 0.903 minus the 1-point "
+    out = capsys.readouterr().out
+    final = float(out.split("layer activations:\nAccuracy: ")[1].split()[0])
+    assert final < 0.893            # the combined net misses the margin on this net
+    verdict = [line for line in out.splitlines() if "the margin" in line]
+    assert verdict == [f"outside the margin: {final:g} < 0.893 (float 0.903 minus the 1-point "
                        "margin); --search per_layer looks for a net that keeps it layer by layer"]
 
 

@@ -9,15 +9,15 @@ import sys
 
 import numpy as np
 
-from ..atomic import atomic_output, make_directory, write_text
 from .. import memory_budget
+from ..atomic import atomic_output, make_directory, write_text
 from ..errors import RistrettoError
-from ..passes import ranges, ristretto_edit
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import RistrettoQuantizer
 from ..passes.sensitivity import CachedEvaluator, analyze
 from .common import add_memory_argument, add_model_arguments, make_parser, run
 from .flag_types import number_list, positive_int
+from .search_args import add_image_arguments, add_measure_arguments, measure_and_data
 
 PROG = "analyze"
 
@@ -27,8 +27,9 @@ def build_parser():
     add_model_arguments(parser, weights_required=True)
     parser.add_argument("--trimming_mode", default="dynamic_fixed_point", choices=("dynamic_fixed_point",),
                         help="the precision the layers are quantized to (dynamic_fixed_point)")
-    parser.add_argument("--iterations", type=positive_int, default=10,
-                        help="batches per evaluation (default 10)")
+    parser.add_argument("--iterations", type=positive_int, default=None,
+                        help="batches per evaluation (default 10; with --images one pass over "
+                             "every image)")
     parser.add_argument("--widths", type=number_list(tuple(range(1, 33)), int, "integers"),
                         default=(16, 8, 6, 4, 2), help="candidate bit widths (default 16,8,6,4,2)")
     parser.add_argument("--parts", default="weights,activations",
@@ -36,9 +37,12 @@ def build_parser():
     parser.add_argument("--integer_length", choices=RULES, default="safe",
                         help="integer-length rule: safe (default; each layer's own output, the "
                              "maximum never clips) or ristretto (Ristretto's rules)")
-    parser.add_argument("--score", choices=("accuracy", "agreement"), default="accuracy",
-                        help="accuracy (the net's Accuracy output, default) or agreement (share "
-                             "of top-1 equal to the float net's)")
+    add_measure_arguments(parser)
+    parser.add_argument("--score_blob", default=None,
+                        help="the blob to score (see tools/quantize --score_blob)")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="with --images or --score lfw: images per forward pass (default 32)")
+    add_image_arguments(parser)
     parser.add_report(("sensitivity.json", "sensitivity.png"),
                       help="write sensitivity.json and the heat map sensitivity.png here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,20 +57,19 @@ def analyze_main(argv=None):
         raise RistrettoError(f"--parts {args.parts!r}: use weights, activations or both")
     if min(args.widths) < 1:
         raise RistrettoError("--widths must be positive")
-    quantizer = RistrettoQuantizer(args.model, args.weights, args.iterations, args.trimming_mode, 0,
-                                   integer_length=args.integer_length, progress=not args.quiet)
+    quantizer = RistrettoQuantizer(args.model, args.weights, args.iterations or 10,
+                                   args.trimming_mode, 0, integer_length=args.integer_length,
+                                   progress=not args.quiet)
+    quantizer.use(*measure_and_data(args, quantizer.build(quantizer.param), 0))
     quantizer.check_scoring()
-    memory_budget.check_kept_passes(quantizer.build(quantizer.param), args.iterations, "analyze")
-    train = quantizer.build(quantizer.param, "TRAIN")
-    from ..evaluators.classification import fetch_batches
-    found = ranges.analyze_ranges(train, fetch_batches(train, 10), args.integer_length, not args.quiet)
-    lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, args.integer_length))
-               for k, v in found.items()}
-    evaluator = CachedEvaluator(quantizer, lengths, args.score, progress=not args.quiet)
+    memory_budget.check_kept_passes(quantizer.build(quantizer.param),
+                                    len(quantizer.test_batches()), "analyze")
+    _, lengths = quantizer.analyze()
+    evaluator = CachedEvaluator(quantizer, lengths, progress=not args.quiet)
     baseline = evaluator.score(evaluator.float_blobs)
     rows = analyze(evaluator, tuple(args.widths), parts)
-    last = evaluator.logits or list(rows[0].distances)[-1]
-    print(f"float score ({args.score}): {baseline:g}")
+    last = evaluator.shown_blob or list(rows[0].distances)[-1]
+    print(f"float score ({quantizer.measure.describe()}): {baseline:g}")
     print(f"{'layer':20s} {'part':12s} {'bits':>4s} {'score':>8s} {'L2 to float at ' + last:>28s}")
     for r in rows:
         print(f"{r.layer:20s} {r.part:12s} {r.bits:4d} {r.score:8.4f} {r.distances.get(last, float('nan')):28.4g}")

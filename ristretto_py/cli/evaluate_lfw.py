@@ -1,16 +1,14 @@
 """``tools/evaluate_lfw``: LFW pair verification with a net's features (Euclidean distance,
 threshold from the dev pairs or the other folds), printing the mean fold accuracy ± standard
 error; ``--report`` adds ROC AUC, the equal error rate and plots."""
-import json
-import os
 import sys
 
 import numpy as np
 
-from ..atomic import atomic_output, make_directory, write_text
 from ..errors import RistrettoError
 from ..evaluators import lfw
-from ..images import prepare_image, read_image, resize_image
+from ..evaluators.image_data import ImagePreparation
+from ..evaluators.lfw_report import REPORT_FILES, write_lfw_report
 from ..net import Net
 from ..runtime import make_runtime
 from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
@@ -43,27 +41,15 @@ def build_parser():
                         help="images per forward pass (default 32)")
     parser.alias("--batch", "--batch_size")
     add_backend_arguments(parser)
-    parser.add_report(("report.json", "report.md", "roc.png", "distances.png"),
+    parser.add_report(REPORT_FILES,
                       help="write report.json, report.md, roc.png and distances.png here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_memory_argument(parser)
     return parser
 
 
-def _preparer(args):
-    def prepare(path):
-        image = read_image(path, args.gray)
-        if args.resize:
-            image = resize_image(image, *args.resize)
-        if args.crop:
-            width, height = args.crop
-            if height > image.shape[0] or width > image.shape[1]:
-                raise RistrettoError(f"--crop {width},{height} is larger than the "
-                                     f"{image.shape[1]}x{image.shape[0]} image", path=path)
-            top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-            image = image[top:top + height, left:left + width]
-        return prepare_image(image, None, args.mean, args.scale)
-    return prepare
+def preparation(args):
+    return ImagePreparation(args.resize, args.crop, args.mean, args.scale, args.gray)
 
 
 def lfw_main(argv=None):
@@ -77,7 +63,7 @@ def lfw_main(argv=None):
     paths = sorted({lfw.image_path(args.lfw_root, *person) for pairs in folds + [dev]
                     for pair in pairs for person in (pair.first, pair.second)})
     features = lfw.extract_features(runtime, net.input_blobs[0], args.feature_blob, paths,
-                                    _preparer(args), args.batch_size, not args.quiet, args.normalize)
+                                    preparation(args), args.batch_size, not args.quiet, args.normalize)
     fold_d = [lfw.distances(pairs, features, args.lfw_root) for pairs in folds]
     fold_s = [np.array([p.same for p in pairs]) for pairs in folds]
     dev_data = (lfw.distances(dev, features, args.lfw_root), np.array([p.same for p in dev])) if dev else None
@@ -88,41 +74,9 @@ def lfw_main(argv=None):
     print(f"accuracy = {result.mean:.4f} ± {result.standard_error:.4f} (standard error over "
           f"{len(folds)} folds); ROC AUC {result.auc:.4f}, EER {result.eer:.4f}")
     if args.report:
-        _write_report(args.report, result, np.concatenate(fold_d), np.concatenate(fold_s))
+        write_lfw_report(args.report, result, np.concatenate(fold_d), np.concatenate(fold_s))
         print(f"Wrote the report to {args.report}")
     return 0
-
-
-def _write_report(directory, result, dist, same):
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    make_directory(directory)
-    data = {"protocol": result.protocol, "mean_accuracy": result.mean,
-            "standard_error": result.standard_error, "fold_accuracies": result.fold_accuracies,
-            "thresholds": result.thresholds, "roc_auc": result.auc, "eer": result.eer}
-    write_text(os.path.join(directory, "report.json"), json.dumps(data, indent=2) + "\n")
-    fpr, tpr, _, _ = lfw.roc(dist, same)
-    for name, draw in (("roc.png", lambda ax: (ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], ":"),
-                                                 ax.set_xlabel("false positive rate"),
-                                                 ax.set_ylabel("true positive rate"))),
-                       ("distances.png", lambda ax: (ax.hist(dist[same], bins=40, alpha=0.6, label="same"),
-                                                     ax.hist(dist[~same], bins=40, alpha=0.6, label="different"),
-                                                     ax.set_xlabel("Euclidean distance"), ax.legend()))):
-        figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
-        draw(axes)
-        figure.tight_layout()
-        with atomic_output(os.path.join(directory, name)) as handle:
-            figure.savefig(handle, format="png", metadata={"Software": None})
-        plt.close(figure)
-    write_text(os.path.join(directory, "report.md"), "\n".join([
-        "# LFW pair verification", "",
-        f"Accuracy {result.mean:.4f} ± {result.standard_error:.4f} ({result.protocol} protocol), "
-        f"ROC AUC {result.auc:.4f}, EER {result.eer:.4f}.", "",
-        "| fold | accuracy | threshold |", "|---|---|---|",
-        *[f"| {i} | {a:.4f} | {t:.6g} |" for i, (a, t) in
-          enumerate(zip(result.fold_accuracies, result.thresholds), 1)],
-        "", "![ROC](roc.png)", "", "![distances](distances.png)", ""]))
 
 
 def main(argv=None, prog=PROG):

@@ -14,7 +14,7 @@ from ..passes import quantize_report as reports
 from ..passes.cost import net_cost
 from ..passes.per_layer_search import edit_param, per_layer_search
 from ..passes.ristretto_edit import without_state
-from .quantize import make_quantizer, settings
+from .quantize import make_quantizer, settings, warn_zeroed, write_lfw_reports
 
 ADVICE = "a larger --error_margin or more --iterations may find one"
 
@@ -22,11 +22,13 @@ ADVICE = "a larger --error_margin or more --iterations may find one"
 def run_per_layer(args):
     args.backend = "numpy"      # the search caches blobs of the numpy runtime
     quantizer = make_quantizer(args, "dynamic_fixed_point")
-    memory_budget.check_kept_passes(quantizer.build(quantizer.param), args.iterations,
+    memory_budget.check_kept_passes(quantizer.build(quantizer.param), len(quantizer.test_batches()),
                                     "--search per_layer")
     uniform = quantizer.run()
     passes_uniform = quantizer.forward_passes
-    result, evaluator = per_layer_search(quantizer, uniform, args.score, progress=not args.quiet)
+    result, evaluator = per_layer_search(quantizer, uniform, progress=not args.quiet,
+                                         max_weight_bits=args.max_weight_bits,
+                                         max_act_bits=args.max_act_bits)
     param = without_state(edit_param(quantizer, uniform.lengths, result.config))
     passes_search = quantizer.forward_passes - passes_uniform
     measured = reports.measure(quantizer, param)
@@ -39,9 +41,10 @@ def run_per_layer(args):
         print(f"  {name}: {result.config[name][0]}-bit weights, {result.config[name][1]}-bit activations")
     print(f"Per-layer net: {result.score:g}, {result.bytes:,} weight bytes "
           f"({len(result.trials)} configurations tried)")
-    print(reports.margin_verdict(result.baseline, result.score, args.error_margin, ADVICE)[1])
+    print(reports.margin_verdict(result.baseline, result.score, quantizer.measure, ADVICE)[1])
     print(f"Forward batches: uniform {passes_uniform}, per-layer {passes_search}, saturation "
           f"{quantizer.forward_passes - passes_uniform - passes_search}")
+    warn_zeroed(measured)
     print(f"Wrote {args.model_quantized}")
     if args.report:
         final = dataclasses.replace(
@@ -49,11 +52,14 @@ def run_per_layer(args):
                              for name, (w, a) in result.config.items()},
             final_score=result.score, baseline=result.baseline, quantized=param,
             forward_passes=quantizer.forward_passes)
-        report = reports.build_report(final, measured, settings(args, "score"), ADVICE)
+        report = reports.build_report(final, measured, settings(args, "max_weight_bits",
+                                                                "max_act_bits"), ADVICE,
+                                      quantizer.measure)
         report["uniform_chosen"] = uniform.chosen
         report["cost"] = net_cost(quantizer.build(param))
         reports.write_report(args.report, report)
         _pareto(args.report, result, report["cost"])
+        write_lfw_reports(args.report, quantizer, param)
         print(f"Wrote the report to {args.report}")
     return 0
 

@@ -15,7 +15,10 @@ from ..images import load_array
 from ..net import Net
 from ..passes.activation_quantizers import calibrate_activations, insert_activation_quantizers
 from ..passes.weight_quantizers import Quantizer, quantize_weights
+from ..evaluators.image_data import ImageBatches, image_files
+from ..passes.kmeans import select_layers
 from .common import add_memory_argument, add_model_arguments, make_parser, run
+from .search_args import add_preparation_arguments, is_lmdb, preparation
 from .flag_types import positive_int
 
 PROG = "quantize_weights"
@@ -28,17 +31,24 @@ def build_parser():
     parser.add_argument("--layer", action="append", default=[], metavar="NAME=METHOD",
                         help="quantizer for one layer (repeatable; overrides --method)")
     parser.add_argument("--layers", help="comma-separated layers to quantize (default: all)")
-    parser.add_output("--out_weights", required=True, metavar="CAFFEMODEL",
-                      help="where to write the quantized weights")
+    parser.add_output("--out_weights", metavar="CAFFEMODEL",
+                      help="where to write the quantized weights (needed with --method/--layer)")
     parser.add_argument("--activations", metavar="METHOD",
-                        help="also quantize the selected layers' outputs: linear:N, gaussian:N:C "
-                             "or hwce:N:P (needs --out-model and calibration data)")
+                        help="quantize the selected layers' outputs: linear:N, gaussian:N:C or "
+                             "hwce:N:P (needs --out_model and calibration data; alone, it leaves "
+                             "the weights as they are)")
     parser.add_output("--out_model", metavar="PROTOTXT",
                       help="where to write the prototxt with the activation quantizers")
     parser.add_argument("--calibration_iterations", type=positive_int, default=10,
                         help="batches of the net's Data layer to calibrate on (default 10)")
     parser.add_input("--calibration_input", metavar="NPY",
                      help="an N x C x H x W .npy array for nets without a Data layer")
+    parser.add_input("--calibration_data", metavar="LMDB|DIR|LIST",
+                     help="calibrate on this LMDB (through the net's Data layer) or on these "
+                          "images (prepared with --resize/--crop/--mean/--scale/--gray)")
+    parser.add_argument("--batch_size", type=positive_int, default=32,
+                        help="with image calibration data: images per batch (default 32)")
+    add_preparation_arguments(parser)
     parser.add_report(("report.json",), help="write report.json here")
     add_memory_argument(parser)
     return parser
@@ -58,29 +68,40 @@ def main_quantize(argv=None):
     args = build_parser().parse_args(argv)
     default = Quantizer.parse(args.method) if args.method else None
     per_layer = _per_layer(args.layer)
-    if default is None and not per_layer:
-        raise RistrettoError("give --method (all layers) and/or --layer NAME=METHOD")
     activation = Quantizer.parse(args.activations) if args.activations else None
+    if default is None and not per_layer and activation is None:
+        raise RistrettoError("give --method (all layers), --layer NAME=METHOD and/or "
+                             "--activations METHOD")
     if activation is not None and not args.out_model:
-        raise RistrettoError("--activations writes a new prototxt: give --out-model")
+        raise RistrettoError("--activations writes a new prototxt: give --out_model")
+    if (default is not None or per_layer) and not args.out_weights:
+        raise RistrettoError("--method/--layer write new weights: give --out_weights")
+    if args.calibration_input and args.calibration_data:
+        raise RistrettoError("give --calibration_input or --calibration_data, not both")
     names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
     net = Net.load(args.model, args.weights)
-    quantized, rows = quantize_weights(net, default, per_layer, names)
+    if default is not None or per_layer:
+        quantized, rows = quantize_weights(net, default, per_layer, names)
+    else:                       # activations only: the weights stay as they are
+        quantized, rows = net, []
+    layers = [r["layer"] for r in rows] or [l.name for l in select_layers(net, names)]
     activations = {}
     if activation is not None:
         batches = _calibration_batches(net, args)
-        activations = calibrate_activations(net, activation, [r["layer"] for r in rows], batches)
+        activations = calibrate_activations(net, activation, layers, batches)
         quantized = insert_activation_quantizers(quantized, activations)
         quantized.save(model_path=args.out_model)
-    quantized.save(weights_path=args.out_weights)
+    if args.out_weights:
+        quantized.save(weights_path=args.out_weights)
     print(f"{'layer':24s} {'quantizer':16s} {'n':>10s} {'bits':>5s} {'r':>7s} {'rms error':>10s}")
     for row in rows:
         print(f"{row['layer']:24s} {row['quantizer']:16s} {row['n']:10,d} {row['bits_per_weight']:5d} "
               f"{row['ratio']:7.2f} {row['rms_error']:10.4g}")
     before = sum(r["bits_before"] for r in rows)
     after = sum(r["bits_after"] for r in rows)
-    print(f"quantized weights: {before / 8:,.0f} -> {after / 8:,.0f} bytes (r = {before / after:.2f}); "
-          "biases stay float32")
+    if rows:
+        print(f"quantized weights: {before / 8:,.0f} -> {after / 8:,.0f} bytes "
+              f"(r = {before / after:.2f}); biases stay float32")
     for name, fields in activations.items():
         print(f"activations of {name}: {activation} {json.dumps(fields)}")
     if args.report:
@@ -95,9 +116,14 @@ def _calibration_batches(net, args):
     if args.calibration_input:
         data = load_array(args.calibration_input)
         return [{net.input_blobs[0]: data}]
+    source = args.calibration_data
+    if source and not is_lmdb(source):
+        return ImageBatches(image_files(source), net.input_blobs[0], preparation(args),
+                            args.batch_size, None, net.shapes().get(net.input_blobs[0]))
     if not any(l.type == "Data" for l in net.source_layers):
-        raise RistrettoError("the net has no Data layer: give --calibration-input X.npy")
-    return fetch_batches(net, args.calibration_iterations)
+        raise RistrettoError("the net has no Data layer whose LMDB to read: give "
+                             "--calibration_data (a folder of images) or --calibration_input X.npy")
+    return fetch_batches(net, args.calibration_iterations, data_source=source)
 
 
 def main(argv=None, prog=PROG):

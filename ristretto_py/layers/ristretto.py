@@ -12,6 +12,12 @@ blob; no array is written), the ONNX export rebinds the blob's value name. The r
 live in ``ristretto_py.precision`` and ``ristretto_py.numerics``; their ONNX form in
 ``ristretto_py.runtime.onnx_trim``.
 
+Per-output-channel weight lengths (``fl_params_channel``, a ristretto-py extension) follow the
+weights' output axis: 0 for ConvolutionRistretto and FcRistretto, 1 for a transposed
+FcRistretto; DeconvolutionRistretto refuses them (its output channels are spread over the group
+blocks of axis 0 and axis 1). The trimmed parameters are what the ONNX export embeds, so every
+backend sees the same values.
+
 LRNRistretto exists only for MINIFLOAT and ACROSS_CHANNELS and only in Ristretto's CUDA code: a
 running sum of squares walks the channels, and every intermediate (each input, square, partial
 sum, scaled sum, ``k +`` term, power and product) is rounded to mini-float with NEAREST. Its CPU
@@ -21,7 +27,7 @@ sum cannot be written with standard ONNX ops, so the onnxruntime backend runs it
 import numpy as np
 
 from .. import numerics
-from ..precision import MINIFLOAT, LayerPrecision
+from ..precision import MINIFLOAT, LayerPrecision, output_channel_axis
 from .base import LayerImpl, OnnxIO, RunContext, register
 from .conv import Convolution, Deconvolution, InnerProduct
 
@@ -38,16 +44,32 @@ class _RistrettoLayer:
             self.precision = LayerPrecision.from_proto(spec.quantization_param)
         except KeyError as exc:
             raise self.error(f"quantization_param has an unknown precision or rounding ({exc})")
+        if self.precision.per_channel and self.channel_axis is None:
+            raise self.error(f"fl_params_channel is not supported for {self.type_name} (its "
+                             "weights are (C_in, C_out/group, kh, kw)); use fl_params")
+        try:
+            self.precision.check_extensions(self.num_output)
+        except ValueError as exc:
+            raise self.error(f"quantization_param: {exc}") from None
         self._trimmed_params = None
+
+    @property
+    def channel_axis(self):
+        """The output-channel axis of the weight blob (per-channel fractional lengths)."""
+        return output_channel_axis(self.spec)
+
+    def trim_params(self, blobs, context):
+        """The layer's weights and bias trimmed to its parameter formats."""
+        return self.precision.trim_params(blobs, context, self.bias_term, self.channel_axis)
 
     def _params(self, blobs, context):
         """Trimmed weights and bias; NEAREST results are cached (weights never change)."""
         p = self.precision
         if p.rounding == numerics.STOCHASTIC:
-            return p.trim_params(blobs, context, self.bias_term)
+            return self.trim_params(blobs, context)
         key = (context.compat, tuple(id(b) for b in blobs))
         if self._trimmed_params is None or self._trimmed_params[0] != key:
-            self._trimmed_params = (key, p.trim_params(blobs, context, self.bias_term), list(blobs))
+            self._trimmed_params = (key, self.trim_params(blobs, context), list(blobs))
         return self._trimmed_params[1]
 
     def run(self, bottoms, blobs, context):
@@ -85,7 +107,7 @@ class _RistrettoLayer:
             bottoms[i] = self._trim_value(graph, bottoms[i], p.bw_layer_in, p.fl_layer_in, compat)
             if bottoms[i] != io.bottoms[i]:          # trimmed in place, in both builds
                 io.extra.setdefault("rebind", {})[i] = bottoms[i]
-        params = p.trim_params(io.blobs, RunContext(compat, None), self.bias_term)
+        params = self.trim_params(io.blobs, RunContext(compat, None))
         raw_tops = [graph.unique(f"{top}@float") for top in io.tops]
         super().export_onnx(graph, OnnxIO(bottoms, raw_tops, params, io.bottom_shapes,
                                           io.top_shapes, io.extra))
@@ -129,6 +151,10 @@ class LRNRistretto(LayerImpl):
             raise self.error(f"quantization_param has an unknown precision or rounding ({exc})")
         if self.precision.precision != MINIFLOAT:
             raise self.error("LRNRistretto supports only the MINIFLOAT precision (as Ristretto)")
+        try:
+            self.precision.check_extensions(0)
+        except ValueError as exc:
+            raise self.error(f"quantization_param: {exc}") from None
 
     def output_shapes(self, bottom_shapes):
         shape = bottom_shapes[0]

@@ -5,6 +5,9 @@ Blobs travel as int64 mantissas with a fractional length. A ConvolutionRistretto
 layer turns its input and parameters into mantissas (Ristretto's trimming), multiplies exactly,
 sums in an accumulator of ``acc_bits`` (wrap or saturate; 64 = unbounded), adds the bias aligned
 by a shift, and shifts the sum to the output format with the layer's rounding and saturation.
+With per-channel weight lengths each output channel's accumulator has its own scale
+(fl_layer_in + that channel's length) and its own shift to the output format; an ACCUMULATOR
+bias is already at the accumulator's scale and is added without a shift.
 MAX pooling, ReLU, Eltwise and Concat work on mantissas (aligned to a common fractional length).
 Any other layer (AVE pooling, Softmax, Accuracy, ...) runs in float on the values. As in both of
 Ristretto's builds, a Ristretto layer's input is trimmed in place: later readers of the blob get
@@ -129,15 +132,23 @@ class FixedRuntime:
             m_in = fx.to_mantissa(x, p.bw_layer_in, p.fl_layer_in, compat)
         else:
             m_in = fx.saturate(fx.shift(x, fl, p.fl_layer_in, compat), p.bw_layer_in)
-        m_w = fx.to_mantissa(layer.blobs[0], p.bw_params, p.fl_params, compat)
-        fl_acc = p.fl_layer_in + p.fl_params
-        common = max(fl_acc, p.fl_params)
+        weights = layer.blobs[0]
+        m_w = fx.to_mantissa(weights, p.bw_params,
+                             p.weight_fractional_length(np.ndim(weights), impl.channel_axis), compat)
         acc, exact = self._products(layer, impl, m_in, m_w)
-        acc, exact = fx.shift(acc, fl_acc, common, compat), fx.shift(exact, fl_acc, common, compat)
+        # Fractional lengths per output channel, shaped along the output's channel axis (axis 1
+        # of a convolution's output, the last axis of an inner product's).
+        axis = 1 if layer.type == "ConvolutionRistretto" else acc.ndim - 1
+        along = _along_axis(axis, acc.ndim)
+        fl_acc = p.fl_layer_in + along(p.weight_fractional_length())
+        common = fl_acc
         if impl.bias_term:
-            m_b = fx.to_mantissa(layer.blobs[1], p.bw_params, p.fl_params, compat)
-            shape = (1, -1) + (1,) * (acc.ndim - 2)
-            bias = fx.shift(m_b, p.fl_params, common, compat).reshape(shape)
+            fl_bias = along(p.bias_fractional_length())
+            m_b = fx.to_mantissa(np.ravel(layer.blobs[1]), p.bias_bits(),
+                                 p.bias_fractional_length(), compat)
+            common = np.maximum(fl_acc, fl_bias)
+            bias = fx.shift(along(m_b), fl_bias, common, compat)
+            acc, exact = fx.shift(acc, fl_acc, common, compat), fx.shift(exact, fl_acc, common, compat)
             acc, exact = acc + bias, exact + bias
             if self.acc_bits < 64:
                 acc = (fx.wrap(acc, self.acc_bits) if self.overflow == "wrap"
@@ -200,6 +211,18 @@ class FixedRuntime:
             values, _ = fx.accumulate(terms(chunk), self.acc_bits, "saturate", axis=-1)
             result[chunk] = values
         return result.reshape(out_shape), exact
+
+
+def _along_axis(axis, ndim):
+    """A function that shapes a per-channel vector (or leaves a scalar) to broadcast along
+    ``axis`` of an ``ndim``-D array."""
+    def shape(values):
+        if np.ndim(values) == 0:
+            return values
+        target = [1] * ndim
+        target[axis] = -1
+        return np.reshape(values, target)
+    return shape
 
 
 def _exact_matmul(a, b):
