@@ -31,6 +31,7 @@ from ristretto_py import Net
 from ristretto_py.cli import fold_bn as fold_cli
 from ristretto_py.cli import quantize as quantize_cli
 from ristretto_py.evaluators.image_data import ImagePreparation
+from ristretto_py.images import opencv
 from ristretto_py.models import fetch_model
 from ristretto_py.runtime import make_runtime
 
@@ -40,7 +41,7 @@ OPENCV_DOC = "/usr/share/doc/opencv-doc/examples/data"
 
 def photos():
     """Colour photos found on this machine (at least 64 pixels a side), by source."""
-    import cv2
+    cv2 = opencv()
     sources = {"opencv-doc": sorted(glob.glob(f"{OPENCV_DOC}/*.jpg") + glob.glob(f"{OPENCV_DOC}/*.png"))}
     try:
         import skimage

@@ -293,8 +293,12 @@ def score_figure(report):
     kept = "within" if report["within_margin"] else "outside"
     axes.axhline(report["final_score"], color="black", linewidth=2,
                  label=f"final net: {report['final_score']:.4g} ({kept} the margin)")
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("bit width")
+    if stages:
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("bit width")
+    else:                          # --widths: no candidates, the scores only
+        axes.set_xticks([])
+        axes.set_xlabel(f"given widths: {json.dumps(report['chosen'])[:80]}")
     axes.set_ylabel(report.get("score_kind") or "score")
     axes.set_title(f"ristretto-py quantize: {report['trimming_mode']}")
     axes.legend(fontsize="small")

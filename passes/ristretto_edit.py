@@ -157,8 +157,12 @@ def parameter_formats(param, ranges, bias="shared", per_channel=False, rule="ris
     holds the per-channel weight maxima); ``rule``: "ristretto" or "safe", the integer-length
     rule of ``ranges.weight_integer_length`` (ceil(log2 max + 1), or floor(log2 max) + 2).
 
-    * ``bias="int32"``: ``bias_format: ACCUMULATOR`` and ``bw_bias: 32`` (the bias at fractional
-      length fl_layer_in + the weights' length), and, since the bias no longer shares the
+    * ``bias="int32"``: ``bias_format: ACCUMULATOR`` (the bias at fractional length
+      fl_layer_in + the weights' length) in ``bw_bias`` bits: 32, as QDQ and integer
+      accelerators keep it for 8-bit data, or more where the largest |bias| needs more at that
+      scale (wide formats: 16-bit inputs and weights put the scale 30 bits down; 32-bit ones
+      would leave a 32-bit bias no integer bit), as a wide accelerator's accumulator does, at
+      most 62. Since the bias no longer shares the
       weights' format, ``fl_params = bw_params - il`` with il from the largest |weight| alone
       under ``rule`` (the safe rule would otherwise have counted the bias; Ristretto's rule
       never does, so there it gives the value the edit wrote). ``"shared"``: the bias keeps
@@ -186,9 +190,20 @@ def parameter_formats(param, ranges, bias="shared", per_channel=False, rule="ris
         entry = _lengths(ranges, layer)
         if bias == "int32":
             q.bias_format = Q.ACCUMULATOR
-            q.bw_bias = 32
             q.fl_params = q.bw_params - weight_integer_length(entry.max_weights, rule, layer.name)
         if per_channel:
             del q.fl_params_channel[:]
             q.fl_params_channel.extend(q.bw_params - il for il in channel_integer_lengths(entry, rule))
+        if bias == "int32":
+            q.bw_bias = _accumulator_bias_bits(q, entry, layer.name)
     return edited
+
+
+def _accumulator_bias_bits(q, entry, layer):
+    """32, or the bits the largest |bias| needs at the accumulator's scale (never clipping it,
+    the safe rule's integer length), at most 62."""
+    if not entry.max_bias > 0:
+        return 32
+    fl_weights = max(q.fl_params_channel) if len(q.fl_params_channel) else q.fl_params
+    needed = weight_integer_length(entry.max_bias, "safe", layer) + q.fl_layer_in + fl_weights
+    return int(min(62, max(32, needed)))

@@ -36,7 +36,7 @@ SHARED, ACCUMULATOR = "shared", "accumulator"
 _BIAS_FORMAT_ENUM = {SHARED: Q.SHARED, ACCUMULATOR: Q.ACCUMULATOR}
 _BIAS_FORMAT_NAME = {v: k for k, v in _BIAS_FORMAT_ENUM.items()}
 SHIFT_BITS = 8          # storage of one per-channel fractional length (a shift) in a cost model
-BIAS_BITS_RANGE = (2, 32)
+BIAS_BITS_RANGE = (2, 62)          # the fixed backend holds bias mantissas in int64
 FLOAT_BITS = 32
 
 

@@ -345,7 +345,7 @@ def test_bad_extension_fields_are_refused_with_the_layer_named():
         (CONV_HAND % (6, "fl_params_channel: [6, 14, 3]"), "conv",
          "fl_params_channel has 3 values for 2 output channels"),
         (CONV_HAND % (6, "bw_bias: 16"), "conv", "bw_bias applies only with bias_format: ACCUMULATOR"),
-        (CONV_HAND % (6, "bias_format: ACCUMULATOR bw_bias: 40"), "conv", "bw_bias must be 2 to 32 bits"),
+        (CONV_HAND % (6, "bias_format: ACCUMULATOR bw_bias: 63"), "conv", "bw_bias must be 2 to 62 bits"),
         (CONV_HAND % (6, "precision: MINIFLOAT bias_format: ACCUMULATOR"), "conv",
          "apply only to DYNAMIC_FIXED_POINT"),
         (INPUT % _dims(1, 2, 3, 3) + 'layer { name: "up" type: "DeconvolutionRistretto" bottom: "data" '
@@ -482,3 +482,26 @@ def test_fixed_backend_puts_an_inner_products_bias_on_its_last_axis():
     ours = NumpyRuntime(net).forward({"data": x})["fc"]
     np.testing.assert_array_equal(ours, expected.astype(np.float32))
     np.testing.assert_array_equal(FixedRuntime(net).forward({"data": x})["fc"], ours)
+
+
+def test_the_accumulator_bias_widens_where_32_bits_cannot_hold_it():
+    # conv: inputs of 1 (max_in 1: safe il_in = 2), |w| <= 0.5 (il 1), |bias| <= 1.08 (il 2).
+    # At 16 bits: fl_in = 14, fl_w = 15, so the bias scale is 2^-29 and 1.08 needs 2 + 29 = 31
+    # bits: 32 hold it. Per channel, channel 2 (|w| <= 0.006, il -6) has fl_w = 22: 2 + 14 + 22
+    # = 38 bits, so the bias widens to 38 rather than clip 1.08 to 2^(31 - 36).
+    found = _ranged()
+    lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, "safe")) for k, v in found.items()}
+    edited = ristretto_edit.dynamic_fixed_point(caffe_io.parse_net_text(RANGED), lengths,
+                                                "Convolution_and_InnerProduct",
+                                                "Parameters_and_Activations", 16, 16, 16, 16)
+    per_layer = ristretto_edit.parameter_formats(edited, found, bias="int32", rule="safe")
+    q = per_layer.layer[1].quantization_param
+    assert (q.fl_layer_in, q.fl_params, q.bw_bias) == (14, 15, 32)
+    per_channel = ristretto_edit.parameter_formats(edited, found, bias="int32", per_channel=True,
+                                                   rule="safe")
+    q = per_channel.layer[1].quantization_param
+    assert list(q.fl_params_channel) == [15, 15, 22] and q.bw_bias == 38
+    # Every channel's bias survives: 1.08 at scale 2^-29 in 38 bits is 1.08 rounded, not clipped.
+    net = Net.from_proto(per_channel, net_param(RANGED, RANGED_BLOBS))
+    trimmed = net.impl(1).trim_params(list(net.layer("conv").blobs), RunContext("gpu", None))[1]
+    assert abs(trimmed[0] - np.float32(1.08)) <= 2.0 ** -30

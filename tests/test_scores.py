@@ -132,7 +132,10 @@ def test_lfw_scored_search_writes_both_lfw_reports(fashion_lfw, tmp_path, capsys
 def test_uniform_widths_are_written_and_scored(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = _run(tmp_path, "--model", MODEL, "--widths", "conv=8,fc=8,act=8", "--iterations", "3",
-               "--bias", "shared")
+               "--bias", "shared", "--report", tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["chosen"] == {"conv_params": 8, "fc_params": 8, "activations": 8}
+    assert report["candidates"] == [] and (tmp_path / "r" / "score_vs_bits.png").is_file()
     printed = capsys.readouterr().out
     net = caffe_io.read_net_text(out)
     layers = {l.name: l for l in net.layer}
