@@ -230,3 +230,54 @@ def test_activation_quantizers_without_a_weight_method(tmp_path, fashion_lfw):
     for layer in original.layers:          # the weights are untouched
         for a, b in zip(layer.blobs, net.layer(layer.name).blobs):
             np.testing.assert_array_equal(a, b)
+
+
+def test_hwce_search_and_analyze_take_the_label_free_scores(fashion_lfw, tmp_path, capsys):
+    deploy, photos = fashion_lfw / "deploy.prototxt", _images_folder(fashion_lfw)
+    images = ["--images", str(photos), "--gray", "--scale", SCALE]
+    assert quantize_cli.main(["--model", str(deploy), "--weights", str(WEIGHTS),
+                              "--model_quantized", str(tmp_path / "h.prototxt"),
+                              "--trimming_mode", "hwce", "--score", "agreement", "--error_margin",
+                              "5", *images, "--report", str(tmp_path / "h"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "h" / "report.json").read_text())
+    assert report["score_kind"] == "agreement" and report["float_score"] == 1.0
+    assert all(c["score"] <= 1.0 for c in report["candidates"])
+    from ristretto_py.cli import analyze as analyze_cli
+    capsys.readouterr()
+    assert analyze_cli.main(["--model", str(deploy), "--weights", str(WEIGHTS), "--score", "l2",
+                             "--score_blob", "ip2", *images, "--widths", "4", "--parts", "weights",
+                             "--report", str(tmp_path / "a"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
+    assert rows["float_score"] == 0.0 and len(rows["rows"]) == 4
+    # each row's score is its distance to float at ip2, which the table also reports
+    for row in rows["rows"]:
+        assert row["score"] > 0 and row["distances"]["ip2"] > 0
+
+
+def test_weights_rounded_to_zero_are_reported_and_warned(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "q.prototxt"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "quantize"), "--model",
+                             str(MODEL), "--weights", str(WEIGHTS), "--model_quantized", str(out),
+                             "--trimming_mode", "dynamic_fixed_point", "--widths", "conv=1",
+                             "--bias", "shared", "--iterations", "1", "--report",
+                             str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    layers = json.loads((tmp_path / "r" / "report.json").read_text())["layers"]
+    written = {l.name: l.quantization_param for l in caffe_io.read_net_text(out).layer}
+    for name in ("conv1", "conv2"):
+        # 1 bit: the values -2^-fl and 0; by hand, a weight survives when x * 2^fl rounds
+        # (half to even) to -1 after clamping to [-1, 0].
+        w = Net.load(MODEL, WEIGHTS).layer(name).blobs[0].astype(np.float64)
+        fl = written[name].fl_params
+        kept = np.rint(np.clip(w * 2.0 ** fl, -1, 0)) != 0
+        expected = 1 - np.count_nonzero(kept) / np.count_nonzero(w)
+        assert layers[name]["zeroed_weights"] == pytest.approx(expected)
+        assert expected > 0.5
+    assert layers["ip1"]["zeroed_weights"] is None or layers["ip1"]["zeroed_weights"] < 0.01
+    warning = [l for l in result.stderr.splitlines() if "warning" in l]
+    assert len(warning) == 1 and warning[0].startswith(
+        "quantize: warning: weights rounded to 0 by their layer's format: conv1 ")
+    assert "conv2" in warning[0] and "--per_channel" in warning[0]
