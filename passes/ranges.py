@@ -48,6 +48,7 @@ class LayerRange:
     max_weights: float = 0.0
     max_bias: float = 0.0
     max_weights_channel: tuple = ()     # max |weight| of each output channel (float32 values)
+    bias_channel: tuple = ()            # |bias| of each output channel
 
 
 def _max_abs(array):
@@ -82,7 +83,8 @@ def analyze_ranges(net, batches, rule="ristretto", progress=False):
             bias = layer.blobs[1] if len(layer.blobs) > 1 else np.zeros(0)
             ranges[layer.name] = LayerRange(layer.name, layer.type, 0.0, 0.0,
                                             max(0.0, _max_abs(weights)), max(0.0, _max_abs(bias)),
-                                            _channel_max_abs(weights, output_channel_axis(layer.spec)))
+                                            _channel_max_abs(weights, output_channel_axis(layer.spec)),
+                                            tuple(float(v) for v in np.abs(np.ravel(bias))))
     if not ranges:
         raise NetError(f"the {net.phase} net has no Convolution or InnerProduct layer to quantize",
                        path=net.source)

@@ -192,18 +192,44 @@ def parameter_formats(param, ranges, bias="shared", per_channel=False, rule="ris
             q.bias_format = Q.ACCUMULATOR
             q.fl_params = q.bw_params - weight_integer_length(entry.max_weights, rule, layer.name)
         if per_channel:
+            lengths = [q.bw_params - il for il in channel_integer_lengths(entry, rule)]
+            if bias == "int32":
+                lengths = _bias_capped(lengths, q.fl_layer_in, q.fl_params, entry, layer.name)
             del q.fl_params_channel[:]
-            q.fl_params_channel.extend(q.bw_params - il for il in channel_integer_lengths(entry, rule))
+            q.fl_params_channel.extend(lengths)
         if bias == "int32":
             q.bw_bias = _accumulator_bias_bits(q, entry, layer.name)
     return edited
 
 
+def _bias_capped(lengths, fl_in, fl_layer, entry, layer):
+    """Per-channel weight fractional lengths no finer than lets the channel's bias fit 32 bits
+    at the accumulator's scale (fl_in + fl_w), but never coarser than the layer-wide length
+    ``fl_layer``: a channel whose weights are negligible beside its bias (a dead channel of a
+    folded BatchNorm, |w| ~ 1e-13 and a bias of 0.1, would ask for a 60-bit bias) is held at
+    a length where its bias fits, or at the layer's, where its weights round to 0 as they would
+    without per-channel lengths. Where even that leaves no room (wide activations) the bias
+    widens instead (``_accumulator_bias_bits``)."""
+    if len(entry.bias_channel) != len(lengths):
+        return lengths
+    capped = []
+    for fl_w, value in zip(lengths, entry.bias_channel):
+        if value > 0:
+            room = 32 - weight_integer_length(value, "safe", layer) - fl_in
+            fl_w = min(fl_w, max(fl_layer, room))
+        capped.append(int(fl_w))
+    return capped
+
+
 def _accumulator_bias_bits(q, entry, layer):
-    """32, or the bits the largest |bias| needs at the accumulator's scale (never clipping it,
-    the safe rule's integer length), at most 62."""
+    """32, or the bits the bias needs at the accumulator's scale (each channel's |bias| at its
+    own scale, never clipped: the safe rule's integer length), at most 62."""
     if not entry.max_bias > 0:
         return 32
-    fl_weights = max(q.fl_params_channel) if len(q.fl_params_channel) else q.fl_params
-    needed = weight_integer_length(entry.max_bias, "safe", layer) + q.fl_layer_in + fl_weights
+    values = list(entry.bias_channel) or [entry.max_bias]
+    scales = list(q.fl_params_channel) or [q.fl_params] * len(values)
+    if len(scales) != len(values):           # no per-channel biases known: the worst case
+        values, scales = [entry.max_bias], [max(scales)]
+    needed = max(weight_integer_length(value, "safe", layer) + q.fl_layer_in + fl_w
+                 for value, fl_w in zip(values, scales) if value > 0)
     return int(min(62, max(32, needed)))

@@ -77,23 +77,32 @@ def test_parameter_formats_writes_the_fields_by_the_rule():
 
 
 def test_the_accumulator_bias_widens_where_32_bits_cannot_hold_it():
-    # conv: inputs of 1 (max_in 1: safe il_in = 2), |w| <= 0.5 (il 1), |bias| <= 1.08 (il 2).
-    # At 16 bits: fl_in = 14, fl_w = 15, so the bias scale is 2^-29 and 1.08 needs 2 + 29 = 31
-    # bits: 32 hold it. Per channel, channel 2 (|w| <= 0.006, il -6) has fl_w = 22: 2 + 14 + 22
-    # = 38 bits, so the bias widens to 38 rather than clip 1.08 to 2^(31 - 36).
+    # conv: inputs of 1 (max_in 1: safe il_in = 2), |w| <= 0.5 (il 1), biases 1.08 (il 2),
+    # 0 and -0.1 (il -2). At 16-bit weights and activations fl_in = 14, fl_w = 15: the bias
+    # scale is 2^-29 and 1.08 needs 2 + 29 = 31 bits, so 32 hold it.
     found = _ranged()
     lengths = {k: ristretto_edit.IntegerLengths(*ranges.integer_lengths(v, "safe")) for k, v in found.items()}
-    edited = ristretto_edit.dynamic_fixed_point(caffe_io.parse_net_text(RANGED), lengths,
-                                                "Convolution_and_InnerProduct",
-                                                "Parameters_and_Activations", 16, 16, 16, 16)
-    per_layer = ristretto_edit.parameter_formats(edited, found, bias="int32", rule="safe")
-    q = per_layer.layer[1].quantization_param
+
+    def formats(bw_act, per_channel):
+        edited = ristretto_edit.dynamic_fixed_point(caffe_io.parse_net_text(RANGED), lengths,
+                                                    "Convolution_and_InnerProduct",
+                                                    "Parameters_and_Activations", 16, 16, bw_act,
+                                                    bw_act)
+        return ristretto_edit.parameter_formats(edited, found, bias="int32",
+                                                per_channel=per_channel, rule="safe")
+
+    q = formats(16, False).layer[1].quantization_param
     assert (q.fl_layer_in, q.fl_params, q.bw_bias) == (14, 15, 32)
-    per_channel = ristretto_edit.parameter_formats(edited, found, bias="int32", per_channel=True,
-                                                   rule="safe")
-    q = per_channel.layer[1].quantization_param
-    assert list(q.fl_params_channel) == [15, 15, 22] and q.bw_bias == 38
-    # Every channel's bias survives: 1.08 at scale 2^-29 in 38 bits is 1.08 rounded, not clipped.
-    net = Net.from_proto(per_channel, net_param(RANGED, RANGED_BLOBS))
+    # Per channel, channel 2 (|w| <= 0.006, il -6) would take fl_w = 22, putting its bias -0.1
+    # at 2^-36: -2 + 36 = 34 bits. Its length is held at 32 - (-2) - 14 = 20 instead (still
+    # finer than the layer's 15), so that every bias fits 32 bits.
+    q = formats(16, True).layer[1].quantization_param
+    assert list(q.fl_params_channel) == [15, 15, 20] and q.bw_bias == 32
+    # 30-bit activations put the scale 28 + 15 = 43 bits down: 1.08 needs 45 bits, and the bias
+    # widens to them rather than clip 1.08 to 2^(31 - 43).
+    wide = formats(30, False)
+    q = wide.layer[1].quantization_param
+    assert (q.fl_layer_in, q.fl_params, q.bw_bias) == (28, 15, 45)
+    net = Net.from_proto(wide, net_param(RANGED, RANGED_BLOBS))
     trimmed = net.impl(1).trim_params(list(net.layer("conv").blobs), RunContext("gpu", None))[1]
-    assert abs(trimmed[0] - np.float32(1.08)) <= 2.0 ** -30
+    assert abs(trimmed[0] - np.float32(1.08)) <= 2.0 ** -44
