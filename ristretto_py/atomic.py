@@ -70,6 +70,17 @@ def all_or_nothing():
     staging.commit()
 
 
+@contextlib.contextmanager
+def immediately():
+    """Inside ``all_or_nothing``, a block whose atomic writes land at once (each file still
+    atomically): files that must survive a later failure, such as training snapshots."""
+    token = _staging.set(None)
+    try:
+        yield
+    finally:
+        _staging.reset(token)
+
+
 def staged_path(path):
     """Where the content of ``path`` is now: its pending temporary file inside
     ``all_or_nothing``, else ``path`` itself (e.g. to measure a file just written)."""

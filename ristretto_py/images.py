@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -30,26 +31,40 @@ def opencv():
     return _cv2
 
 
+_capture_lock = threading.Lock()
+_sink = None
+
+
 @contextlib.contextmanager
 def _codec_messages():
-    """Collect what native code writes to file descriptor 2 inside the block."""
+    """Collect what native code writes to file descriptor 2 inside the block. Descriptor 2 is
+    the process's, so only the main thread captures, one block at a time, into one reused
+    file; elsewhere (a prefetch thread) nothing is redirected."""
+    global _sink
     messages = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):         # no usable descriptor 2: nothing to capture
+    if threading.current_thread() is not threading.main_thread():
         yield messages
         return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
+    with _capture_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):         # no usable descriptor 2: nothing to capture
+            yield messages
+            return
+        if _sink is None:
+            _sink = tempfile.TemporaryFile()
+        _sink.seek(0)
+        _sink.truncate()
+        os.dup2(_sink.fileno(), 2)
         try:
             yield messages
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            sink.seek(0)
+            _sink.seek(0)
             messages.extend(line.strip() for line in
-                            sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+                            _sink.read().decode("utf-8", "replace").splitlines() if line.strip())
 
 
 def decode(data_or_path, flags, path=None, what="file"):

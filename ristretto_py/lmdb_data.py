@@ -1,7 +1,9 @@
-"""Caffe's database input at test time: ``Datum`` records from an LMDB, transformed as Caffe's
-``DataTransformer`` does (mean file or mean values, scale, centre crop, optional mirror), and
-batched as its ``Data`` layer does (records in key order, wrapping to the first at the end)."""
+"""Caffe's database input: ``Datum`` records from an LMDB, transformed as Caffe's
+``DataTransformer`` does (mean file or mean values, scale, crop, optional mirror), and batched
+at test time as its ``Data`` layer does (records in key order, wrapping to the first at the
+end). The training feed (``ristretto_py.train.data``) reads through the same pieces."""
 import os
+import threading
 
 import numpy as np
 
@@ -11,6 +13,7 @@ from .protos import caffe_pb2
 
 
 _environments = {}     # real path -> [lmdb.Environment, number of users]
+_environments_lock = threading.Lock()   # prefetch threads give environments back too
 
 
 def open_lmdb(path, layer=None):
@@ -28,29 +31,31 @@ def open_lmdb(path, layer=None):
         raise FormatError("is a directory that holds no LMDB database (no data.mdb)", path=path,
                           layer=layer)
     key = os.path.realpath(path)
-    entry = _environments.get(key)
-    if entry is None:
-        try:
-            environment = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                    subdir=os.path.isdir(path))
-        except lmdb.Error as exc:
-            raise FormatError(f"not a readable LMDB database ({exc})", path=path,
-                              layer=layer) from None
-        entry = _environments[key] = [environment, 0]
-    entry[1] += 1
-    return entry[0]
+    with _environments_lock:
+        entry = _environments.get(key)
+        if entry is None:
+            try:
+                environment = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                        subdir=os.path.isdir(path))
+            except lmdb.Error as exc:
+                raise FormatError(f"not a readable LMDB database ({exc})", path=path,
+                                  layer=layer) from None
+            entry = _environments[key] = [environment, 0]
+        entry[1] += 1
+        return entry[0]
 
 
 def close_lmdb(environment):
     """Give back an environment from ``open_lmdb``; the last user closes it."""
-    for key, entry in list(_environments.items()):
-        if entry[0] is environment:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del _environments[key]
-                environment.close()
-            return
-    environment.close()
+    with _environments_lock:
+        for key, entry in list(_environments.items()):
+            if entry[0] is environment:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del _environments[key]
+                    environment.close()
+                return
+        environment.close()
 
 
 class LmdbReader:
@@ -102,18 +107,33 @@ class LmdbReader:
 
 def datum_to_array(datum, force_color=False, force_gray=False, where=None):
     """A Datum's image as a C x H x W float32 array (BGR channel order as stored)."""
+    return np.ascontiguousarray(datum_pixels(datum, force_color, force_gray, where),
+                                dtype=np.float32)
+
+
+def datum_pixels(datum, force_color=False, force_gray=False, where=None, quiet=False):
+    """A Datum's image as a C x H x W array as stored: uint8 (raw or encoded records; encoded
+    ones decoded as Caffe's ``DecodeDatumToCVMat[Native]``) or float32 (``float_data``), a view
+    where possible. ``quiet`` decodes without capturing the codecs' messages (the capture
+    redirects the process's stderr, which a background thread must not do): an undecodable
+    record is then an error without the codec's detail."""
     path, key = where or (None, None)
     if datum.encoded:
         from .images import decode, opencv
         cv2 = opencv()
         flags = cv2.IMREAD_COLOR if force_color else (
             cv2.IMREAD_GRAYSCALE if force_gray else cv2.IMREAD_UNCHANGED)
-        image = decode(datum.data, flags, path, f"record {key!r}")
+        if quiet:
+            image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flags)
+            if image is None:
+                raise FormatError(f"OpenCV cannot decode record {key!r} as an image", path=path)
+        else:
+            image = decode(datum.data, flags, path, f"record {key!r}")
         if image.ndim == 2:
             image = image[:, :, None]
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        return image.transpose(2, 0, 1)
     shape = (datum.channels, datum.height, datum.width)
-    count = int(np.prod(shape))
+    count = shape[0] * shape[1] * shape[2]
     if len(datum.data):
         values = np.frombuffer(datum.data, dtype=np.uint8)
     else:
@@ -121,11 +141,19 @@ def datum_to_array(datum, force_color=False, force_gray=False, where=None):
     if count == 0 or values.size != count:
         raise FormatError(f"record {key!r} declares shape {list(shape)} but holds "
                           f"{values.size} values", path=path)
-    return values.reshape(shape).astype(np.float32)
+    return values.reshape(shape)
 
 
 class DataTransformer:
-    """Caffe's TEST-phase transformation: (pixel - mean) * scale, centre crop, mirror."""
+    """Caffe's ``DataTransformer`` on one C x H x W image: a crop (centred in TEST, at a random
+    offset in TRAIN), a random horizontal flip when ``mirror`` is set (in both phases, as
+    Caffe), and ``(pixel - mean) * scale`` with the mean of the pixel's uncropped position.
+
+    Random draws, per image and in the order of Caffe's ``Transform``: the mirror bit
+    ``integers(2)`` when ``mirror`` is set (flip when 1), then, in TRAIN with a crop, the top
+    offset ``integers(H - crop_h + 1)`` and the left offset ``integers(W - crop_w + 1)``, all
+    from ``numpy.random.default_rng(seed)``. A seed so gives the same crops and flips on every
+    run; they are not the values of Caffe's C++ generator for the same seed."""
 
     def __init__(self, transform_param, phase="TEST", seed=0, layer=None):
         p = transform_param
@@ -144,32 +172,43 @@ class DataTransformer:
         self.layer = layer
         self._rng = np.random.default_rng(seed)
 
-    def __call__(self, image):
+    def output_shape(self, shape):
+        """The C x H x W shape of a transformed image of ``shape``; an error when the mean or
+        the crop does not fit it."""
+        channels, height, width = shape
+        if self.mean_file is not None and self.mean_file.shape != tuple(shape):
+            raise NetError(f"mean file has shape {list(self.mean_file.shape)} but the "
+                           f"images are {list(shape)}", layer=self.layer)
+        if self.mean_values.size not in (0, 1, channels):
+            raise NetError(f"give 1 or {channels} mean_value entries, not "
+                           f"{self.mean_values.size}", layer=self.layer)
+        crop_h, crop_w = self.crop_h or height, self.crop_w or width
+        if crop_h > height or crop_w > width:
+            raise NetError(f"crop {crop_h}x{crop_w} is larger than the {height}x{width} "
+                           "images", layer=self.layer)
+        return (channels, crop_h, crop_w)
+
+    def __call__(self, image, out=None):
+        """The transformed image, float32 (written into ``out`` when given)."""
         channels, height, width = image.shape
+        _, crop_h, crop_w = self.output_shape(image.shape)
+        flip = self.mirror and bool(self._rng.integers(2))      # Caffe draws it first
+        if self.phase == "TRAIN" and (self.crop_h or self.crop_w):
+            top = int(self._rng.integers(height - crop_h + 1))
+            left = int(self._rng.integers(width - crop_w + 1))
+        else:
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        window = (slice(None), slice(top, top + crop_h), slice(left, left + crop_w))
+        pixels = image[window].astype(np.float32)
         if self.mean_file is not None:
-            if self.mean_file.shape != image.shape:
-                raise NetError(f"mean file has shape {list(self.mean_file.shape)} but the "
-                               f"images are {list(image.shape)}", layer=self.layer)
-            image = image - self.mean_file
+            pixels -= self.mean_file[window]
         elif self.mean_values.size:
-            if self.mean_values.size not in (1, channels):
-                raise NetError(f"give 1 or {channels} mean_value entries, not "
-                               f"{self.mean_values.size}", layer=self.layer)
-            image = image - self.mean_values.reshape(-1, 1, 1)
-        if self.crop_h or self.crop_w:
-            crop_h, crop_w = self.crop_h or height, self.crop_w or width
-            if crop_h > height or crop_w > width:
-                raise NetError(f"crop {crop_h}x{crop_w} is larger than the {height}x{width} "
-                               "images", layer=self.layer)
-            if self.phase == "TRAIN":
-                top = int(self._rng.integers(height - crop_h + 1))
-                left = int(self._rng.integers(width - crop_w + 1))
-            else:
-                top, left = (height - crop_h) // 2, (width - crop_w) // 2
-            image = image[:, top:top + crop_h, left:left + crop_w]
-        if self.mirror and self._rng.integers(2):
-            image = image[:, :, ::-1]
-        return np.ascontiguousarray(image * self.scale, dtype=np.float32)
+            pixels -= self.mean_values.reshape(-1, 1, 1)
+        if flip:
+            pixels = pixels[:, :, ::-1]
+        if out is None:
+            return np.ascontiguousarray(pixels * self.scale, dtype=np.float32)
+        return np.multiply(pixels, self.scale, out=out)
 
 
 class DataLayerFeed:

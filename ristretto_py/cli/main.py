@@ -7,7 +7,7 @@ COMMANDS = {"quantize": "quantize", "evaluate": "evaluate", "info": "info", "for
             "export_onnx": "export_onnx", "fetch_models": "fetch_models", "fold_bn": "fold_bn",
             "kmeans": "kmeans", "quantize_weights": "quantize_weights", "analyze": "analyze",
             "evaluate_lfw": "evaluate_lfw", "convert_keras": "convert_keras",
-            "convert_imageset": "convert_imageset", "make_lenet_fashion": "make_lenet_fashion"}
+            "convert_imageset": "convert_imageset", "make_lenet_fashion": "make_lenet_fashion", "train": "train"}
 
 
 def main(argv=None):

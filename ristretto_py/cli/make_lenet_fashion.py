@@ -1,23 +1,33 @@
-"""Build ``examples/lenet_fashion``: train a LeNet on real Fashion-MNIST (PyTorch, CPU, seeded),
-then write it as Caffe files (train/test prototxt, caffemodel) with a test LMDB of the first
-1,000 test images and a train LMDB of the first 640 training images (the 10 TRAIN batches of 64
-that Ristretto's range analysis reads). Needs the ``example`` extra (torch) and Debian's
-dataset-fashion-mnist (``apt-get install dataset-fashion-mnist``)."""
+"""Build ``examples/lenet_fashion`` from Debian's dataset-fashion-mnist (``apt-get install
+dataset-fashion-mnist``). Run from the repository root.
+
+``--lmdb_only`` writes the two full LMDBs that ``lenet_solver.prototxt``, the fine-tuning and the
+DenseNet example read: ``fashion_train_full_lmdb`` (the 60,000 training images) and
+``fashion_test_full_lmdb`` (the 10,000 test images), plus the bundled small ones,
+``fashion_test_lmdb`` (the first 1,000 test images) and ``fashion_train_lmdb`` (the first 640
+training images: the 10 TRAIN batches of 64 Ristretto's range analysis reads). Without it, it
+then trains the LeNet with ``tools/train`` on ``lenet_solver.prototxt`` (Caffe's LeNet solver,
+needs the ``train`` extra: torch) and writes the final snapshot's weights as
+``lenet_fashion.caffemodel`` with ``lenet_train_test.prototxt``. The bundled model was trained
+before tools/train existed; retraining changes it, and with it the example's figures."""
 import gzip
-import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
 
 from .. import caffe_io
-from ..atomic import write_text
+from ..atomic import immediately, write_text
 from ..lmdb_write import make_datum, write_lmdb
 from .common import make_parser, run
-from .flag_types import positive_int, seed
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 SCALE = 0.00390625  # 1/256, as Caffe's LeNet example: inputs in [0, 0.996]
+EXAMPLE = pathlib.Path("examples/lenet_fashion")
+SOLVER = EXAMPLE / "lenet_solver.prototxt"
+
+PROG = "make_lenet_fashion"
 
 NET_TEMPLATE = """name: "LeNetFashion"
 layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TRAIN }}
@@ -55,67 +65,28 @@ def read_idx(path):
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def build_torch_lenet(torch):
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
-
-
-def train(images, labels, epochs, seed):
-    import torch
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = build_torch_lenet(torch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.from_numpy(images[:, None].astype(np.float32) * SCALE)
-    y = torch.from_numpy(labels.astype(np.int64))
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            index = order[start:start + 64]
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            loss.backward()
-            optimizer.step()
-        print(f"epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.3f}", file=sys.stderr)
-    return model
-
-
-def torch_accuracy(model, images, labels):
-    import torch
-    with torch.no_grad():
-        logits = model(torch.from_numpy(images[:, None].astype(np.float32) * SCALE)).numpy()
-    return float((logits.argmax(1) == labels).mean())
-
-
-def caffe_blobs(model):
-    """LeNet weights in Caffe's layout (the same OIHW / (out, in) order as torch's)."""
-    names = {0: "conv1", 2: "conv2", 5: "ip1", 7: "ip2"}
-    return {name: [model[i].weight.detach().numpy(), model[i].bias.detach().numpy()]
-            for i, name in names.items()}
-
-
-PROG = "make_lenet_fashion"
-
-
 def build_parser():
     parser = make_parser(PROG, __doc__)
     parser.add_argument("--data_dir", default=DEFAULT_DATA,
                         help=f"folder of the idx .gz files (default {DEFAULT_DATA})")
-    parser.add_argument("--out", default="examples/lenet_fashion",
-                        help="the example folder to (re)write (default examples/lenet_fashion)")
-    parser.add_argument("--epochs", type=positive_int, default=6,
-                        help="training epochs (default 6)")
-    parser.add_argument("--seed", type=seed, default=1,
-                        help="seed of the weight initialisation and the shuffling (default 1)")
-    parser.add_argument("--test_images", type=positive_int, default=1000,
-                        help="test images stored in the example's test LMDB (default 1000)")
-    parser.add_argument("--train_images", type=positive_int, default=640,
-                        help="training images stored in the train LMDB (default 640)")
+    parser.add_argument("--lmdb_only", action="store_true",
+                        help="write the LMDBs only (the full ones are kept when present)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rewrite the full LMDBs even when they exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _write(path, images, labels, replace):
+    if path.exists():
+        if not replace:
+            print(f"kept {path} ({len(images):,} records expected)")
+            return
+        shutil.rmtree(path)
+    with immediately():          # training reads them before the tool ends
+        count = write_lmdb(path, (make_datum(image, label) for image, label in zip(images, labels)),
+                           map_size=1 << 30)
+    print(f"wrote {path}: {count:,} records")
 
 
 def make_main(argv=None):
@@ -125,37 +96,27 @@ def make_main(argv=None):
     train_y = read_idx(data / "train-labels-idx1-ubyte.gz")
     test_x = read_idx(data / "t10k-images-idx3-ubyte.gz")
     test_y = read_idx(data / "t10k-labels-idx1-ubyte.gz")
-    model = train(train_x, train_y, args.epochs, args.seed)
-    full = torch_accuracy(model, test_x, test_y)
-    print(f"float top-1 on the 10,000 test images: {full:.4f}")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lmdb_path = out / "fashion_test_lmdb"
-    if lmdb_path.exists():
-        import shutil
-        shutil.rmtree(lmdb_path)
-    count = write_lmdb(lmdb_path, (make_datum(img, lab) for img, lab in
-                                   zip(test_x[:args.test_images], test_y[:args.test_images])),
-                       map_size=1 << 26)
-    train_path = out / "fashion_train_lmdb"
-    if train_path.exists():
-        import shutil
-        shutil.rmtree(train_path)
-    write_lmdb(train_path, (make_datum(img, lab) for img, lab in
-                            zip(train_x[:args.train_images], train_y[:args.train_images])),
-               map_size=1 << 26)
-    # Caffe resolves data_param.source against the working directory: run from the repo root.
-    text = NET_TEMPLATE.format(scale=SCALE, train_source=str(train_path),
-                               test_source=str(lmdb_path))
-    param = caffe_io.parse_net_text(text)
-    blobs = caffe_blobs(model)
-    for layer in param.layer:
-        for array in blobs.get(layer.name, ()):
-            layer.blobs.add().CopyFrom(caffe_io.array_to_blob(array))
-    caffe_io.write_net_binary(param, out / "lenet_fashion.caffemodel")
-    write_text(out / "lenet_train_test.prototxt", text)
-    subset = torch_accuracy(model, test_x[:args.test_images], test_y[:args.test_images])
-    print(f"wrote {out}: {count} test records; float top-1 on them: {subset:.4f}")
+    EXAMPLE.mkdir(parents=True, exist_ok=True)
+    _write(EXAMPLE / "fashion_train_full_lmdb", train_x, train_y, args.rebuild)
+    _write(EXAMPLE / "fashion_test_full_lmdb", test_x, test_y, args.rebuild)
+    _write(EXAMPLE / "fashion_test_lmdb", test_x[:1000], test_y[:1000], args.rebuild)
+    _write(EXAMPLE / "fashion_train_lmdb", train_x[:640], train_y[:640], args.rebuild)
+    if args.lmdb_only:
+        return 0
+    from . import train as train_cli
+    with_progress = [] if not args.quiet else ["--quiet"]
+    code = train_cli.train_main(["--solver", str(SOLVER)] + with_progress)
+    if code:
+        return code
+    from ..train.solver_file import read_solver
+    param = read_solver(SOLVER)
+    snapshot = f"{param.snapshot_prefix}_iter_{param.max_iter}.caffemodel"
+    text = NET_TEMPLATE.format(scale=SCALE, train_source=EXAMPLE / "fashion_train_lmdb",
+                               test_source=EXAMPLE / "fashion_test_lmdb")
+    trained = caffe_io.read_net_binary(snapshot)
+    caffe_io.write_net_binary(trained, EXAMPLE / "lenet_fashion.caffemodel")
+    write_text(EXAMPLE / "lenet_train_test.prototxt", text)
+    print(f"wrote {EXAMPLE / 'lenet_fashion.caffemodel'} from {snapshot}")
     return 0
 
 

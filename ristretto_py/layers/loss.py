@@ -1,11 +1,15 @@
-"""Layers that score or pick classes: Accuracy, SoftmaxWithLoss and ArgMax.
+"""Layers that score or pick classes: Accuracy, SoftmaxWithLoss, EuclideanLoss,
+SigmoidCrossEntropyLoss and ArgMax.
 
 Accuracy uses Caffe's rule: a sample is correct when fewer than ``top_k`` *other* classes score
 at least as high as the true class, so a tie with the true class counts against it. The result is
 float32 ``correct / count`` over the labels not ignored. ArgMax orders (value, index) pairs
 descending, so equal values list the larger index first. These three run in numpy on the
 onnxruntime backend too (the export's tail): ONNX's TopK breaks ties the other way and the
-scores are cheap.
+scores are cheap. EuclideanLoss is ``sum((a - b)^2) / (2 N)``; SigmoidCrossEntropyLoss is Caffe's
+overflow-free cross-entropy of sigmoid(x) against targets in [0, 1], with ``ignore_label`` and a
+normalization that defaults to BATCH_SIZE (SoftmaxWithLoss's defaults to VALID). The loss
+layers have no ONNX export: they run in numpy after the ONNX session.
 """
 import numpy as np
 
@@ -100,10 +104,7 @@ class SoftmaxWithLoss(_Scored):
         self.axis_param = int(spec.softmax_param.axis)
         loss = spec.loss_param
         self.ignore = int(loss.ignore_label) if loss.HasField("ignore_label") else None
-        if loss.HasField("normalize") and not loss.HasField("normalization"):
-            self.normalization = "VALID" if loss.normalize else "BATCH_SIZE"
-        else:
-            self.normalization = loss.NormalizationMode.Name(loss.normalization)
+        self.normalization = _normalization(loss, "VALID")
 
     def output_shapes(self, bottom_shapes):
         self._check_labels(bottom_shapes)
@@ -122,11 +123,80 @@ class SoftmaxWithLoss(_Scored):
                                     np.where(valid, labels, 0)[:, None, :], axis=1)[:, 0]
         losses = -np.log(np.maximum(picked, FLT_MIN))
         total = np.float32(np.sum(losses[valid], dtype=np.float32))
-        count = int(np.count_nonzero(valid))
-        normalizer = {"FULL": outer * inner, "VALID": count, "BATCH_SIZE": outer,
-                      "NONE": 1}[self.normalization]
-        loss = np.asarray(total / np.float32(max(1.0, normalizer)), np.float32)
+        normalizer = loss_normalizer(self.normalization, outer, inner,
+                                     int(np.count_nonzero(valid)))
+        loss = np.asarray(total / np.float32(normalizer), np.float32)
         return [loss, prob] if len(self.layer.tops) > 1 else [loss]
+
+
+def _normalization(loss_param, default):
+    """Caffe's rule: ``normalization`` if given, else the legacy ``normalize`` flag (VALID or
+    BATCH_SIZE), else ``default``."""
+    if loss_param.HasField("normalization"):
+        return loss_param.NormalizationMode.Name(loss_param.normalization)
+    if loss_param.HasField("normalize"):
+        return "VALID" if loss_param.normalize else "BATCH_SIZE"
+    return default
+
+
+def loss_normalizer(mode, outer, inner, valid_count):
+    """Caffe's ``get_normalizer``: the divisor of a summed loss, at least 1."""
+    normalizer = {"FULL": outer * inner, "VALID": valid_count, "BATCH_SIZE": outer,
+                  "NONE": 1}[mode]
+    return max(1.0, float(normalizer))
+
+
+class _PairLoss(LayerImpl):
+    """A loss of two equally sized bottoms with one scalar top (Caffe's LossLayer)."""
+    bottoms_range = (2, 2)
+    onnx_exportable = False
+
+    def output_shapes(self, bottom_shapes):
+        first, second = (tuple(s) for s in bottom_shapes)
+        if not first or not second or first[0] != second[0]:
+            raise self.error(f"bottoms {list(first)} and {list(second)} must share the first "
+                             "(batch) dimension")
+        if int(np.prod(first, dtype=np.int64)) != int(np.prod(second, dtype=np.int64)):
+            raise self.error(f"bottoms {list(first)} and {list(second)} must hold the same "
+                             "number of values")
+        return [()]
+
+
+@register
+class EuclideanLoss(_PairLoss):
+    """``sum((b0 - b1)^2) / N / 2`` with N the batch size (bottom 0's first axis)."""
+    type_name = "EuclideanLoss"
+
+    def forward(self, bottoms, blobs):
+        diff = (as_f32(bottoms[0]).reshape(-1) - as_f32(bottoms[1]).reshape(-1)).astype(np.float32)
+        dot = np.float32(np.dot(diff, diff))
+        return [np.asarray(dot / np.float32(bottoms[0].shape[0]) / np.float32(2), np.float32)]
+
+
+@register
+class SigmoidCrossEntropyLoss(_PairLoss):
+    """``-sum(x (t - [x >= 0]) - log(1 + exp(x - 2 x [x >= 0])))`` over the targets that are
+    not ``ignore_label`` (compared as ints), divided by the normalizer."""
+    type_name = "SigmoidCrossEntropyLoss"
+
+    def setup(self, spec):
+        loss = spec.loss_param
+        self.ignore = int(loss.ignore_label) if loss.HasField("ignore_label") else None
+        self.normalization = _normalization(loss, "BATCH_SIZE")
+
+    def forward(self, bottoms, blobs):
+        x = as_f32(bottoms[0]).reshape(-1)
+        target = as_f32(bottoms[1]).reshape(-1)
+        valid = np.ones(x.shape, bool) if self.ignore is None else \
+            target.astype(np.int64) != self.ignore
+        positive = (x >= 0).astype(np.float32)
+        softplus = np.log(np.float32(1) + np.exp(x - np.float32(2) * x * positive))
+        terms = x * (target - positive) - softplus
+        total = -np.sum(terms[valid], dtype=np.float32)
+        outer = int(bottoms[0].shape[0])
+        normalizer = loss_normalizer(self.normalization, outer, x.size // max(outer, 1),
+                                     int(np.count_nonzero(valid)))
+        return [np.asarray(np.float32(total) / np.float32(normalizer), np.float32)]
 
 
 def softmax(x, axis):
