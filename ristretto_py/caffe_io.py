@@ -17,16 +17,19 @@ from .protos import caffe_pb2
 from .upgrade import upgrade_net
 
 
-def _read_bytes(path):
+def read_bytes(path, what="file"):
+    """The bytes of ``path``; a missing file, a folder or an unreadable one is a FormatError
+    naming it (``what`` says what it should be, e.g. "solver file")."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise FormatError("no such file", path=path) from None
+        raise FormatError(f"no such {what}", path=path) from None
     except IsADirectoryError:
-        raise FormatError("is a directory, not a file", path=path) from None
+        raise FormatError(f"is a directory, not a {what}", path=path) from None
     except OSError as exc:
         raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
+
 
 
 def parse_net_text(text, path=None, message=None):
@@ -54,7 +57,7 @@ def _describe_text_error(exc):
 
 def read_net_text(path):
     """Read a ``.prototxt`` net definition; return an upgraded NetParameter."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -66,7 +69,7 @@ def read_net_text(path):
 
 def read_net_binary(path):
     """Read a binary ``.caffemodel``; return an upgraded NetParameter with its blobs."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     net = caffe_pb2.NetParameter()
     if not data:
         raise FormatError("is empty, not a Caffe model", path=path)
@@ -87,7 +90,7 @@ def read_net_binary(path):
 
 def read_blob_proto(path):
     """Read a ``.binaryproto`` BlobProto (e.g. a mean image); return it as float32 array."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)

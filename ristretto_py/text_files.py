@@ -1,20 +1,13 @@
 """Read the small text files users hand the tools (list files, LFW pair files): a missing file,
 a folder or binary data is one ``FormatError`` naming the file and the line."""
+from .caffe_io import read_bytes
 from .errors import FormatError
 
 
 def read_text(path, expected):
     """The UTF-8 text of ``path``; ``expected`` says what it should hold (e.g. "lines of
     'path label'") for the message when it is not text."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise FormatError("no such file", path=str(path)) from None
-    except IsADirectoryError:
-        raise FormatError("is a directory, not a file", path=str(path)) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    data = read_bytes(str(path))
     bad = data.find(b"\0")
     try:
         if bad >= 0:

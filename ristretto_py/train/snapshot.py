@@ -80,15 +80,7 @@ def read_solver_state(path):
         raise UnsupportedError("HDF5 solver states are not supported (only the binary "
                                ".solverstate Caffe writes with snapshot_format: BINARYPROTO)",
                                path=path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise FormatError("no such solver state file", path=path) from None
-    except IsADirectoryError:
-        raise FormatError("is a directory, not a solver state file", path=path) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
+    data = caffe_io.read_bytes(path, "solver state file")
     if not data:
         raise FormatError("is empty, not a Caffe solver state", path=path)
     state = caffe_pb2.SolverState()

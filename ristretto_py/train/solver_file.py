@@ -126,15 +126,7 @@ def parse_solver_text(text, path=None):
 
 
 def _read_text(path):
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise FormatError("no such solver file", path=path) from None
-    except IsADirectoryError:
-        raise FormatError("is a directory, not a solver file", path=path) from None
-    except OSError as exc:
-        raise FormatError(f"cannot read: {exc.strerror}", path=path) from None
+    data = caffe_io.read_bytes(path, "solver file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -49,27 +49,37 @@ class BatchNorm(TorchLayer):
 
     def forward(self, bottoms):
         x = bottoms[0]
-        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 1 else (-1,)
+        if x.dim() < 2:
+            raise self.error(f"needs a bottom of at least 2 axes (N, C, ...), got {list(x.shape)}")
         if self.use_global_stats:
             factor = float(self.blobs[2].detach().reshape(-1)[0])
             scale = 0.0 if factor == 0 else 1.0 / factor
-            mean = (self.blob(0) * scale).detach().reshape(shape)
-            var = (self.blob(1) * scale).detach().reshape(shape)
-        else:
-            axes = (0,) + tuple(range(2, x.dim()))
-            mean = x.mean(dim=axes, keepdim=True)
-            var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
-            self._update(mean, var, x.numel() // max(1, mean.numel()))
-        return [(x - mean) / torch.sqrt(var + self.eps)]
+            mean = (self.blob(0) * scale).detach().reshape(-1)
+            var = (self.blob(1) * scale).detach().reshape(-1)
+            return [F.batch_norm(x, mean, var, training=False, eps=self.eps)]
+        # torch's fused kernel normalises with the batch's mean and biased variance, as Caffe.
+        # With momentum 1 it also hands back the batch's mean and its unbiased variance (the
+        # m / (m - 1) correction Caffe applies to its blob), at no extra pass.
+        per_channel = x.numel() // max(1, x.shape[1])
+        if per_channel < 2:                   # Caffe's correction is then 1; torch's undefined
+            with torch.no_grad():
+                var, mean = torch.var_mean(x, dim=(0,) + tuple(range(2, x.dim())), correction=0)
+            self._update(mean, var)
+            return [F.batch_norm(x, None, None, training=True, momentum=0.0, eps=self.eps)]
+        mean = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+        var = torch.empty_like(mean)
+        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        self._update(mean, var)
+        return [y]
 
     @torch.no_grad()
-    def _update(self, mean, var, per_channel):
+    def _update(self, mean, var):
+        """Caffe's running statistics, from the batch's mean and (corrected) variance."""
         f = self.fraction
-        correction = per_channel / (per_channel - 1) if per_channel > 1 else 1.0
         mean_blob, var_blob, factor_blob = self.blobs[0], self.blobs[1], self.blobs[2]
         factor_blob.mul_(f).add_(1.0)
         mean_blob.mul_(f).add_(mean.detach().reshape(mean_blob.shape))
-        var_blob.mul_(f).add_(var.detach().reshape(var_blob.shape) * correction)
+        var_blob.mul_(f).add_(var.detach().reshape(var_blob.shape))
 
 
 class _Affine(TorchLayer):
