@@ -101,6 +101,17 @@ CASES = {
         {"bn": [normal(4), np.float32(RNG.uniform(1, 4, 4)), np.float32([2.5])],
          "scale": [normal(4), normal(4)], "bias": [normal(5)]},
         [("scale", 0), ("scale", 1), ("bias", 0)]),
+    "batchnorm_in_place_scale": (   # TorchNet runs the pair as one kernel
+        layer("bn", "BatchNorm", ["x"], ["n"], "batch_norm_param { eps: 0.001 }")
+        + layer("scale", "Scale", ["n"], ["n"], "scale_param { bias_term: true }")
+        + layer("bn2", "BatchNorm", ["n"], ["m"])
+        + layer("scale2", "Scale", ["m"], ["m"]),
+        {"x": normal(3, 4, 5, 2)},
+        {"bn": [normal(4), np.float32(RNG.uniform(1, 4, 4)), np.float32([2.5])],
+         "scale": [normal(4), normal(4)],
+         "bn2": [normal(4), np.float32(RNG.uniform(1, 4, 4)), np.float32([0.5])],
+         "scale2": [normal(4)]},
+        [("scale", 0), ("scale", 1), ("scale2", 0)]),
     "batchnorm_2d_zero_factor": (
         layer("bn", "BatchNorm", ["x"], ["y"]),
         {"x": normal(4, 6)}, {"bn": [normal(6), normal(6) ** 2, np.float32([0])]}, []),

@@ -95,13 +95,23 @@ BN = input_layer({"x": (3, 2, 2, 2)}) + (
     'batch_norm_param { moving_average_fraction: 0.9 eps: 0.01 } }\n')
 
 
-def test_batchnorm_train_updates_its_three_blobs_as_caffe():
+IN_PLACE_SCALE = ('layer { name: "scale" type: "Scale" bottom: "y" top: "y" '
+                  'scale_param { bias_term: true } }\n')
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_batchnorm_train_updates_its_three_blobs_as_caffe(scaled):
+    # With an in-place Scale after it, the pair runs as one torch kernel (TorchNet fuses it):
+    # the statistics and the output must be those of the two layers one after the other.
     start = [np.float32([1.0, -2.0]), np.float32([4.0, 6.0]), np.float32([2.0])]
-    net = make_net(BN, {"bn": start}, phase="TRAIN")
+    gamma, beta = np.float32([2.0, -0.5]), np.float32([0.3, 1.0])
+    blobs = {"bn": start, "scale": [gamma, beta]} if scaled else {"bn": start}
+    net = make_net(BN + (IN_PLACE_SCALE if scaled else ""), blobs, phase="TRAIN")
     model = TorchNet(net)
+    assert bool(model._fused) == scaled
     listed = model.learnable_params()
-    assert [(p.index, p.lr_mult) for p in listed] == [(0, 0.0), (1, 0.0), (2, 0.0)]
-    assert not any(p.tensor.requires_grad for p in listed)
+    assert [(p.index, p.lr_mult) for p in listed][:3] == [(0, 0.0), (1, 0.0), (2, 0.0)]
+    assert not any(p.tensor.requires_grad for p in listed[:3])
     mean_blob, var_blob, factor = (v.astype(np.float64) for v in start)
     for _ in range(2):
         x = normal(3, 2, 2, 2)
@@ -109,7 +119,9 @@ def test_batchnorm_train_updates_its_three_blobs_as_caffe():
         values = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(2, -1)    # 12 per channel
         mean, var = values.mean(axis=1), values.var(axis=1)
         expected = (x - mean.reshape(1, 2, 1, 1)) / np.sqrt(var.reshape(1, 2, 1, 1) + 0.01)
-        np.testing.assert_allclose(y, expected, atol=2e-6)
+        if scaled:
+            expected = expected * gamma.reshape(1, 2, 1, 1) + beta.reshape(1, 2, 1, 1)
+        np.testing.assert_allclose(y, expected, atol=4e-6)
         factor = 0.9 * factor + 1
         mean_blob = 0.9 * mean_blob + mean
         var_blob = 0.9 * var_blob + 12 / 11 * var

@@ -56,6 +56,7 @@ class TorchNet(torch.nn.Module):
             for layer, impl in zip(net.layers, net.impls))
         self._build_parameters(np.random.default_rng(self.seed))
         self._loss_tops = self._loss_weights()
+        self._fused = self._fusable_batch_norms()
         self.set_phase(net.phase)
         if share_from is not None:
             self.share_from(share_from)
@@ -140,6 +141,22 @@ class TorchNet(torch.nn.Module):
                 parameter.copy_(torch.as_tensor(np.asarray(value, np.float32)).reshape(
                     parameter.shape))
 
+    def _fusable_batch_norms(self):
+        """{BatchNorm layer index: index of the in-place Scale right after it} for Caffe's
+        BatchNorm + Scale pairs (DenseNet, ResNet): torch's batch_norm applies the Scale's
+        per-channel weight and bias in the same kernel. Only where the BatchNorm's top is
+        written over by the Scale (in place), so no layer can see the unscaled blob."""
+        fused = {}
+        layers = self.net.layers
+        for index in range(len(layers) - 1):
+            norm, scale = layers[index], layers[index + 1]
+            if (norm.type == "BatchNorm" and scale.type == "Scale" and len(norm.tops) == 1
+                    and list(scale.bottoms) == list(norm.tops) == list(scale.tops)
+                    and not norm.spec.propagate_down and not scale.spec.propagate_down
+                    and not norm.spec.loss_weight and not scale.spec.loss_weight):
+                fused[index] = index + 1
+        return fused
+
     def _loss_weights(self):
         """[(layer index, top index, top name, weight)] for every top with a nonzero weight."""
         weighted = []
@@ -201,8 +218,9 @@ class TorchNet(torch.nn.Module):
             raise NetError(f"inputs {sorted(unknown)} are not input blobs of the net (those are "
                            f"{self.net.input_blobs})", path=self.net.source)
         blobs = {name: self._tensor(value) for name, value in inputs.items()}
-        for layer, module in zip(self.net.layers, self.layer_modules):
-            if module.impl.is_source:
+        skip = None
+        for index, (layer, module) in enumerate(zip(self.net.layers, self.layer_modules)):
+            if module.impl.is_source or index == skip:
                 continue
             missing = [b for b in layer.bottoms if b not in blobs]
             if missing:
@@ -213,6 +231,16 @@ class TorchNet(torch.nn.Module):
                 if not down and i < len(bottoms):
                     bottoms[i] = bottoms[i].detach()
             given = list(bottoms)
+            if index in self._fused:
+                scale = self.layer_modules[self._fused[index]]
+                affine = scale.channel_affine(bottoms[0])
+                if affine is not None:      # BatchNorm and its in-place Scale in one kernel
+                    try:
+                        blobs[layer.tops[0]] = module.normalize(bottoms[0], *affine)
+                    except RistrettoError as exc:
+                        raise exc.with_context(path=self.net.source, layer=layer.name)
+                    skip = self._fused[index]
+                    continue
             try:
                 tops = module(given)
             except RistrettoError as exc:

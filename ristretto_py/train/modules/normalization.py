@@ -48,7 +48,11 @@ class BatchNorm(TorchLayer):
         return self.phase == "TEST" if self.fixed_global is None else self.fixed_global
 
     def forward(self, bottoms):
-        x = bottoms[0]
+        return [self.normalize(bottoms[0])]
+
+    def normalize(self, x, weight=None, bias=None):
+        """BatchNorm of ``x``, then ``weight * y + bias`` per channel when given (a following
+        in-place Scale, fused by ``TorchNet`` into torch's one kernel)."""
         if x.dim() < 2:
             raise self.error(f"needs a bottom of at least 2 axes (N, C, ...), got {list(x.shape)}")
         if self.use_global_stats:
@@ -56,7 +60,7 @@ class BatchNorm(TorchLayer):
             scale = 0.0 if factor == 0 else 1.0 / factor
             mean = (self.blob(0) * scale).detach().reshape(-1)
             var = (self.blob(1) * scale).detach().reshape(-1)
-            return [F.batch_norm(x, mean, var, training=False, eps=self.eps)]
+            return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
         # torch's fused kernel normalises with the batch's mean and biased variance, as Caffe.
         # With momentum 1 it also hands back the batch's mean and its unbiased variance (the
         # m / (m - 1) correction Caffe applies to its blob), at no extra pass.
@@ -65,12 +69,13 @@ class BatchNorm(TorchLayer):
             with torch.no_grad():
                 var, mean = torch.var_mean(x, dim=(0,) + tuple(range(2, x.dim())), correction=0)
             self._update(mean, var)
-            return [F.batch_norm(x, None, None, training=True, momentum=0.0, eps=self.eps)]
+            return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0,
+                                eps=self.eps)
         mean = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
         var = torch.empty_like(mean)
-        y = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self.eps)
+        y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
         self._update(mean, var)
-        return [y]
+        return y
 
     @torch.no_grad()
     def _update(self, mean, var):
@@ -99,6 +104,19 @@ class Scale(_Affine):
         scale = p.filler if p.HasField("filler") else constant_filler(1.0)
         fillers = [scale, p.bias_filler] if count == 2 or not p.bias_term else [p.bias_filler]
         return fillers[:count]
+
+    def channel_affine(self, x):
+        """(weight, bias or None) as per-channel vectors when this one-bottom Scale multiplies
+        axis 1 of ``x`` by its own blob, one value per channel (what BatchNorm can fuse);
+        else None."""
+        if x.dim() < 2:
+            return None
+        weight = self.blob(0)
+        if weight.numel() != x.shape[1] or self.impl._operand_shape([tuple(x.shape)]) != \
+                (1, (x.shape[1],)):
+            return None
+        bias = self.blob(1).reshape(-1) if self.impl.bias_term else None
+        return weight.reshape(-1), bias
 
     def forward(self, bottoms):
         x = bottoms[0]
