@@ -110,6 +110,20 @@ class LayerPrecision:
     def trim_output(self, x, context):
         return self._trim_activation(x, self.bw_layer_out, self.fl_layer_out, context)
 
+    def activation_bounds(self, signal, compat):
+        """(low, high): the range the layer's ``signal`` ("input" or "output") saturates to,
+        or None where that signal is not trimmed (power-of-two weights with the CPU build)."""
+        if self.precision == MINIFLOAT:
+            largest = numerics.minifloat_range(self.exp_bits, self.mant_bits)[1]
+            return -largest, largest
+        if not self.trims_activations(compat):
+            return None
+        if signal not in ("input", "output"):
+            raise ValueError(f"signal must be 'input' or 'output', not {signal!r}")
+        if signal == "input":
+            return numerics.fixed_point_bounds(self.bw_layer_in, self.fl_layer_in)
+        return numerics.fixed_point_bounds(self.bw_layer_out, self.fl_layer_out)
+
     def _trim_activation(self, x, bit_width, fractional_length, context):
         if self.precision == MINIFLOAT:
             return numerics.trim_minifloat(x, self.exp_bits, self.mant_bits, self.rounding,

@@ -187,3 +187,25 @@ def test_gpu_mode_without_a_gpu_says_so(tmp_path):
     if not torch.cuda.is_available():
         assert "torch finds no CUDA device here; training on the CPU" in result.stderr
         assert "on cpu" in result.stdout
+
+
+def test_qat_activations_trains_and_its_test_score_is_what_the_numpy_runtime_gives(
+        tmp_path, quantized):
+    """``--qat activations`` and ``--frozen_bn`` on the command line; the trained snapshot, run
+    by ``tools/evaluate`` (the numpy runtime) on the same test batches, scores exactly what the
+    training engine's last test pass printed."""
+    path = solver(tmp_path, "qat", net=quantized, max_iter=10, snapshot=10, test_interval=10)
+    result = tool("--solver", path, "--weights", WEIGHTS, "--qat", "activations", "--frozen_bn",
+                  "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "trimmed in TRAIN: activations; BatchNorm frozen" in result.stdout
+    engine = re.findall(r"Test net output #0: accuracy = ([\d.]+)", result.stdout)[-1]
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(quantized),
+         "--weights", str(tmp_path / "qat_iter_10.caffemodel"), "--iterations", "2", "--json",
+         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    accuracy = json.loads(evaluated.stdout)["scores"]["accuracy"]
+    assert float(engine) == pytest.approx(accuracy, abs=1e-6)       # 200 images: same hits
+    bad = tool("--solver", path, "--qat", "inputs")
+    assert bad.returncode == 2 and "--qat" in bad.stderr

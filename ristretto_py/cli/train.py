@@ -31,6 +31,13 @@ def build_parser():
     parser.add_argument("--gpu", metavar="ID",
                         help="as Caffe's -gpu: train on this CUDA device when torch has one "
                              "(otherwise on the CPU, with one line saying so)")
+    parser.add_argument("--qat", choices=("weights", "activations"), default="weights",
+                        help="weights (default, Ristretto's fine-tuning: only the weights are "
+                             "trimmed in TRAIN) or activations (Ristretto layers also trim their "
+                             "inputs and outputs in TRAIN, gradient zero where they saturate)")
+    parser.add_argument("--frozen_bn", action="store_true",
+                        help="BatchNorm layers normalise with their stored statistics in TRAIN "
+                             "too and never update them (use_global_stats forced)")
     parser.add_report(REPORT_FILES, help="write train.json and curves.png here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_argument(parser)
@@ -91,7 +98,9 @@ def train_main(argv=None):
     device = _device(engine, param, args.gpu)
     from ..train.trainer import Trainer
     trainer = Trainer(param, _build(nets.train), [_build(s) for s in nets.tests], engine,
-                      seed=seed, device=device, progress=not args.quiet)
+                      seed=seed, device=device, progress=not args.quiet,
+                      quantize_activations=args.qat == "activations",
+                      frozen_batch_norm=args.frozen_bn)
     try:
         load_weights(trainer.model, nets.weights)
         if args.snapshot:
@@ -109,7 +118,8 @@ def train_main(argv=None):
                                       param.snapshot_prefix, current.iteration)
 
         print(f"Solving {nets.train.net_param.name or os.path.basename(nets.train.source)} "
-              f"on {device} (seed {seed})")
+              f"on {device} (seed {seed}; trimmed in TRAIN: {args.qat}"
+              f"{'; BatchNorm frozen' if args.frozen_bn else ''})")
         trainer.solve(snapshot)
     finally:
         trainer.close()

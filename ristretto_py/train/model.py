@@ -38,10 +38,13 @@ from .params import LearnableParam
 
 class TorchNet(torch.nn.Module):
     """The torch model of ``net`` (a ristretto_py Net of either phase). See the module
-    docstring; ``dtype`` float64 is for gradient checks."""
+    docstring; ``dtype`` float64 is for gradient checks. ``quantize_activations``: Ristretto
+    layers trim their inputs and outputs in TRAIN too (``--qat activations``);
+    ``frozen_batch_norm``: every BatchNorm normalises with its stored statistics in TRAIN too
+    and never updates them (``--frozen_bn``)."""
 
     def __init__(self, net, seed=0, device="cpu", dtype=torch.float32, compat="gpu",
-                 share_from=None):
+                 share_from=None, quantize_activations=False, frozen_batch_norm=False):
         super().__init__()
         self.net = net
         self.seed = int(seed)
@@ -50,7 +53,8 @@ class TorchNet(torch.nn.Module):
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.seed)
         self.context = TrainContext(net.phase, compat, np.random.default_rng(self.seed),
-                                    generator, self.device)
+                                    generator, self.device, bool(quantize_activations),
+                                    bool(frozen_batch_norm))
         self.layer_modules = torch.nn.ModuleList(
             module_class(layer.type, impl)(impl, self.context)
             for layer, impl in zip(net.layers, net.impls))

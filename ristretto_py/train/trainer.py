@@ -43,14 +43,17 @@ class TrainLog:
 class Trainer:
     """Train ``train_net`` (a TRAIN-phase ``Net``) with ``solver_param`` (a SolverParameter);
     ``test_nets``: TEST-phase Nets scored every ``test_interval`` iterations. ``engine``: the
-    torch pieces (``ristretto_py.train.engine``)."""
+    torch pieces (``ristretto_py.train.engine``). ``quantize_activations`` and
+    ``frozen_batch_norm``: see ``TorchNet``."""
 
     def __init__(self, solver_param, train_net, test_nets, engine, seed=0, device="cpu",
-                 progress=True, echo=print):
+                 progress=True, echo=print, quantize_activations=False, frozen_batch_norm=False):
         self.param, self.engine = solver_param, engine
         self.seed, self.device, self.progress, self.echo = seed, device, progress, echo
         self.train_net, self.test_nets = train_net, list(test_nets)
-        self.model = engine.TorchNet(train_net, seed=seed, device=device)
+        self.model = engine.TorchNet(train_net, seed=seed, device=device,
+                                     quantize_activations=quantize_activations,
+                                     frozen_batch_norm=frozen_batch_norm)
         self.test_models = []
         for net in self.test_nets:
             model = engine.TorchNet(net, seed=seed, device=device)

@@ -58,6 +58,8 @@ class TrainContext:
     rng: object = None
     generator: object = None
     device: object = "cpu"
+    quantize_activations: bool = False   # --qat activations: Ristretto layers trim in TRAIN too
+    frozen_batch_norm: bool = False      # --frozen_bn: BatchNorm uses its stored statistics
 
     def run_context(self):
         return RunContext(self.compat, self.rng)
@@ -82,6 +84,34 @@ def straight_through(x, value):
     if not x.requires_grad:
         return value
     return _StraightThrough.apply(x, value)
+
+
+class _SaturatingStraightThrough(torch.autograd.Function):
+    """Forward: ``value`` exactly. Backward: the gradient passes to ``x`` where ``low <= x <=
+    high`` and is zero where the format saturated it."""
+
+    @staticmethod
+    def forward(ctx, x, value, low, high):
+        ctx.save_for_backward((x >= low) & (x <= high))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside, = ctx.saved_tensors
+        return grad * inside.to(grad.dtype), None, None, None
+
+
+def saturating_straight_through(x, value, bounds):
+    """``value`` (``x`` trimmed to a format whose range is ``bounds`` = (low, high)) in the
+    forward pass; in the backward pass the identity inside the range and zero outside it (the
+    straight-through estimator of quantization-aware training). ``bounds`` None: no range."""
+    if bounds is None:
+        return straight_through(x, value)
+    value = torch.as_tensor(value).to(device=x.device, dtype=x.dtype)
+    if not x.requires_grad:
+        return value
+    low, high = (float(b) for b in bounds)
+    return _SaturatingStraightThrough.apply(x, value, low, high)
 
 
 def to_numpy(tensor):

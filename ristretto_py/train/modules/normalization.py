@@ -6,7 +6,8 @@ given, wins in both phases) it normalises with the stored statistics (s = 0 mean
 Otherwise it normalises with the batch's mean and biased variance over every axis but the
 channels, and updates its blobs as Caffe does: s = f s + 1, blob0 = f blob0 + mean,
 blob1 = f blob1 + m / (m - 1) var, where f is ``moving_average_fraction`` and m the number of
-values per channel (1 when m = 1). The blobs are running statistics, never trained: their
+values per channel (1 when m = 1). ``--frozen_bn`` (``TrainContext.frozen_batch_norm``) forces
+the stored statistics in TRAIN too, so they stay bit-identical while the rest trains. The blobs are running statistics, never trained: their
 gradient is not computed and the solver gets them with lr_mult 0 (Caffe adds those ParamSpecs
 itself and refuses any other lr_mult).
 
@@ -45,6 +46,8 @@ class BatchNorm(TorchLayer):
 
     @property
     def use_global_stats(self):
+        if self.context.frozen_batch_norm:
+            return True
         return self.phase == "TEST" if self.fixed_global is None else self.fixed_global
 
     def forward(self, bottoms):

@@ -8,6 +8,10 @@ power-of-two mode) and runs the float operation of the base type on the trimmed 
 * TRAIN: the copies are trimmed with STOCHASTIC rounding whatever ``rounding_scheme`` says
   (Ristretto's ``rounding = phase_ == TEST ? rounding_ : STOCHASTIC``), drawn from the net's
   seeded numpy generator, weights then bias; the layer's input and output are not trimmed.
+* TRAIN with ``--qat activations`` (``TrainContext.quantize_activations``; ristretto-py's
+  quantization-aware training, not Ristretto's): the input and output are trimmed as in TEST,
+  with the layer's own rounding, and their gradient is zero where the format saturated the
+  value (``saturating_straight_through``); the weights stay as in Ristretto's TRAIN.
 * TEST: as the numpy runtime: the input is trimmed (in place: the blob, and blobs sharing its
   data, are rebound to the trimmed tensor), then the parameters with the layer's rounding, the
   float operation runs, the output is trimmed; draws, if any, in that order.
@@ -27,7 +31,8 @@ import dataclasses
 import torch
 
 from ... import numerics
-from .base import TorchLayer, register, straight_through, to_numpy
+from .base import (TorchLayer, register, saturating_straight_through, straight_through,
+                   to_numpy)
 from .conv import Convolution, Deconvolution, InnerProduct
 from .normalization import lrn
 
@@ -64,16 +69,24 @@ class _Trimmed:
         return values[0], (values[1] if bias is not None else None)
 
     def forward(self, bottoms):
-        if self.phase != "TEST":
+        training = self.phase != "TEST"
+        if training and not self.context.quantize_activations:
             return super().forward(bottoms)
         precision, context = self.impl.precision, self.context.run_context()
+
+        def trim(x, signal):
+            method = precision.trim_input if signal == "input" else precision.trim_output
+            value = method(to_numpy(x), context)
+            if not training:
+                return straight_through(x, value)
+            return saturating_straight_through(
+                x, value, precision.activation_bounds(signal, self.context.compat))
+
         count = len(bottoms) if self.impl.trims_all_bottoms else 1
         for i in range(count):
-            # In place, as both of Ristretto's builds: the model rebinds the blob.
-            bottoms[i] = straight_through(bottoms[i], precision.trim_input(to_numpy(bottoms[i]),
-                                                                           context))
+            bottoms[i] = trim(bottoms[i], "input")   # in place, as both of Ristretto's builds
         tops = super().forward(bottoms)
-        return [straight_through(t, precision.trim_output(to_numpy(t), context)) for t in tops]
+        return [trim(t, "output") for t in tops]
 
 
 @register
