@@ -1,7 +1,6 @@
 """The torch model of real pretrained nets (res10 SSD, open_nsfw, the MTCNN P/R/O-Nets) on
 their sample images: in the TEST phase every blob equals the numpy runtime's within 1e-5 of the
 blob's largest magnitude."""
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,36 +8,15 @@ import torch
 from ristretto_py import Net
 from ristretto_py.runtime import NumpyRuntime
 from ristretto_py.train.model import TorchNet
+from test_real_models import _image_batch
 
 pytestmark = pytest.mark.slow
-
-# model -> (input size W,H, mean B,G,R, scale), as the models' users prepare images
-PREPARATION = {
-    "res10_ssd": ((300, 300), (104.0, 177.0, 123.0), 1.0),
-    "open_nsfw": ((224, 224), (104.0, 117.0, 123.0), 1.0),
-    "mtcnn_pnet": ((64, 48), (127.5, 127.5, 127.5), 0.0078125),
-    "mtcnn_rnet": ((24, 24), (127.5, 127.5, 127.5), 0.0078125),
-    "mtcnn_onet": ((48, 48), (127.5, 127.5, 127.5), 0.0078125),
-}
-
-
-def _images(real_models, name, batch):
-    (width, height), mean, scale = PREPARATION[name]
-    paths = real_models("mtcnn_pnet").images     # multiple-faces.jpg, jeep.jpg
-    arrays = []
-    for i in range(batch):
-        image = cv2.imread(str(paths[i % len(paths)]))
-        assert image is not None
-        image = cv2.resize(image, (width, height)).astype(np.float32)
-        arrays.append(((image - np.float32(mean)) * np.float32(scale)).transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(arrays))
-
 
 @pytest.mark.parametrize("name, batch", [("res10_ssd", 1), ("open_nsfw", 2), ("mtcnn_pnet", 2),
                                          ("mtcnn_rnet", 2), ("mtcnn_onet", 2)])
 def test_every_blob_equals_the_numpy_runtime(real_models, name, batch):
     files = real_models(name)
-    x = _images(real_models, name, batch)
+    x = _image_batch(real_models, name, batch)
     net = Net.load(files.prototxt, files.caffemodel)
     data = net.input_blobs[0]
     net = net.with_input_shapes({data: x.shape})
