@@ -47,6 +47,9 @@ def _output_bits(layer, impl, input_bits):
 
 
 def _param_bits(layer, impl, count):
+    quantizer = getattr(impl, "weight_quantizer", None)
+    if quantizer is not None:               # packed quantized weights, float bias
+        return [quantizer.bits_per_weight] + [FLOAT_BITS] * (count - 1)
     if layer.type == "ConvolutionHWCE":      # quantclipped kernel, float bias
         return [impl.bits["kernel"]] + [FLOAT_BITS] * (count - 1)
     if layer.type not in RISTRETTO:
@@ -56,7 +59,11 @@ def _param_bits(layer, impl, count):
 
 
 def _extra_param_bits(layer, impl):
-    """Parameter storage beyond the blobs: one shift per output channel of per-channel layers."""
+    """Parameter storage beyond the blobs: one shift per output channel of per-channel layers,
+    the constants of a training-time weight quantizer (its scale or MSB)."""
+    quantizer = getattr(impl, "weight_quantizer", None)
+    if quantizer is not None:
+        return quantizer.constant_bits
     return impl.precision.shift_bits() if layer.type in RISTRETTO else 0
 
 

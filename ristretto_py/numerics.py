@@ -145,3 +145,53 @@ def quantclip(x, msb, bits):
     step = np.float32(2.0 ** (msb + 1 - bits))
     clipped = np.clip(x, np.float32(-(2.0 ** msb)), np.float32(2.0 ** msb) - step)
     return (np.floor(clipped / step) * step).astype(np.float32)
+
+
+# -- training-time weight quantizers of the literature (WeightQuantizationParameter) ------------
+# Computed in float64 from the float32 weights and stored as float32, like the trimming above.
+
+def binarize(w, scale=1.0):
+    """BinaryConnect's deterministic binarization: ``scale * sign(w)`` with sign(0) = +1."""
+    w = np.asarray(w, np.float32)
+    return np.where(w >= 0, np.float64(scale), -np.float64(scale)).astype(np.float32)
+
+
+def stochastic_binarize(w, scale, rng):
+    """BinaryConnect's stochastic binarization: +scale with probability hard_sigmoid(w / scale)
+    = clip((w / scale + 1) / 2, 0, 1), else -scale; one uniform draw per weight from ``rng``."""
+    w = np.asarray(w, np.float64)
+    probability = np.clip((w / scale + 1.0) / 2.0, 0.0, 1.0)
+    draws = rng.random(w.shape)
+    return np.where(draws < probability, scale, -scale).astype(np.float32)
+
+
+def ternary_constants(w, threshold=0.7):
+    """TWN's (threshold t, scale a): t = threshold * mean|w|, a = mean(|w| where |w| > t)
+    (0 when no weight exceeds t)."""
+    magnitude = np.abs(np.asarray(w, np.float64))
+    t = threshold * float(magnitude.mean()) if magnitude.size else 0.0
+    above = magnitude[magnitude > t]
+    return t, (float(above.mean()) if above.size else 0.0)
+
+
+def ternarize(w, threshold=0.7):
+    """TWN: +a where w > t, -a where w < -t, 0 in between (``ternary_constants``)."""
+    w = np.asarray(w, np.float64)
+    t, a = ternary_constants(w, threshold)
+    return np.where(w > t, a, np.where(w < -t, -a, 0.0)).astype(np.float32)
+
+
+def dorefa_weights(w, bits):
+    """DoReFa-Net's k-bit weights in [-1, 1]: ``2 * q_k(tanh(w) / (2 max|tanh w|) + 1/2) - 1``
+    with ``q_k(x) = rint((2^k - 1) x) / (2^k - 1)``; k = 1: ``mean|w| * sign(w)``. All-zero
+    weights stay zero."""
+    w = np.asarray(w, np.float64)
+    if bits == 1:
+        return binarize(w, float(np.abs(w).mean()) if w.size else 0.0)
+    t = np.tanh(w)
+    top = float(np.abs(t).max()) if t.size else 0.0
+    if top == 0.0:
+        return np.zeros(w.shape, np.float32)
+    levels = 2.0 ** bits - 1.0
+    q = np.rint(levels * (t / (2.0 * top) + 0.5)) / levels
+    return (2.0 * q - 1.0).astype(np.float32)

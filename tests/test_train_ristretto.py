@@ -189,7 +189,7 @@ def test_lrn_ristretto_forward_is_the_numpy_layer_and_its_gradient_the_float_lrn
                     torch_grads=({"x": tensor.grad.numpy()}, {}, model))
 
 
-def test_hwce_and_activation_quantizers_clip_forward_and_pass_gradients_straight():
+def test_hwce_and_activation_quantizers_clip_forward_and_pass_gradients_inside_the_range():
     """ConvolutionHWCE and ActivationQuantize (ristretto-py's fixed quantizers): the numpy
     runtime's values in both phases (quantclip on kernel, input and output), and the gradient
     of the float convolution at the clipped operands (central differences of a plain one)."""
@@ -214,7 +214,11 @@ def test_hwce_and_activation_quantizers_clip_forward_and_pass_gradients_straight
     check_gradients(plain, {"x": clipped_x}, weights, wrt_blobs=[("conv", 0), ("conv", 1)],
                     torch_grads=grads, samples=12)
     x.grad = None
-    out["z"].sum().backward()       # through both quantizers: the float convolution's gradient
-    expected = deconvolve(np.ones((2, 4, 6, 5), np.float32), numerics.quantclip(W, 0, 4), None,
-                          (1, 1), (1, 1), (1, 1), 1)
+    # Through both quantizers: ActivationQuantize passes the gradient where y lies in its
+    # range [-2, 3] and stops it where it clipped; then the float convolution's gradient.
+    out["z"].sum().backward()
+    y = out["y"].detach().numpy()
+    inside = ((y >= -2) & (y <= 3)).astype(np.float32)
+    assert 0 < inside.mean() < 1            # the case exercises both sides of the rule
+    expected = deconvolve(inside, numerics.quantclip(W, 0, 4), None, (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(x.grad.numpy(), expected, atol=1e-5)

@@ -4,8 +4,9 @@
 does not hold keep their fillers, as Caffe's CopyTrainedLayersFrom); ``--snapshot`` resumes from
 a ``.solverstate``. Snapshots (``<snapshot_prefix>_iter_N.caffemodel`` and ``.solverstate``)
 are written as training goes and stay when it fails later; Ctrl-C or SIGTERM writes one and
-stops. The log follows Caffe's layout; ``--report DIR`` adds ``train.json`` (every logged value)
-and ``curves.png``."""
+stops. The log follows Caffe's layout; ``--report DIR`` adds ``train.json`` (every logged value
+and the quantization table: per learned layer its quantizer, widths, saturated share of the
+weights and packed weight bytes) and ``curves.png``."""
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import sys
 from .. import atomic, caffe_io
 from ..errors import RistrettoError
 from ..net import Net
+from ..passes.training_report import format_rows, quantization_rows
 from .common import add_memory_argument, make_parser, run
 
 PROG = "train"
@@ -121,20 +123,24 @@ def train_main(argv=None):
               f"on {device} (seed {seed}; trimmed in TRAIN: {args.qat}"
               f"{'; BatchNorm frozen' if args.frozen_bn else ''})")
         trainer.solve(snapshot)
+        rows = quantization_rows(trainer.trained_net())
     finally:
         trainer.close()
+    if any(r["quantizer"] != "float32" for r in rows):
+        print("\n".join(format_rows(rows)))
     if args.report:
-        write_report(args.report, trainer.log)
+        write_report(args.report, trainer.log, rows)
     return 0
 
 
-def write_report(directory, log):
+def write_report(directory, log, quantization=()):
     """``train.json`` (every logged value) and ``curves.png`` (loss and test outputs)."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     atomic.make_directory(directory)
-    data = {"train": log.train, "test": log.test, "snapshots": log.snapshots}
+    data = {"train": log.train, "test": log.test, "snapshots": log.snapshots,
+            "quantization": list(quantization)}
     atomic.write_text(os.path.join(directory, "train.json"), json.dumps(data, indent=2) + "\n")
     figure, (loss_axes, test_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     if log.train:

@@ -8,9 +8,16 @@ throughout, as Caffe computes it.
 
 The Ristretto variants (``ConvolutionRistretto``, ...) subclass these classes and reuse the
 ``forward`` of the float operation.
+
+A layer with ``weight_quantization_param`` (ristretto-py's training-time quantizers, see
+``ristretto_py.weight_quantization``) computes with the quantized weights in ``run`` and embeds
+them in its ONNX export; ``forward`` and ``export_operation`` take the weights as given.
 """
+import dataclasses
+
 import numpy as np
 
+from ..weight_quantization import weight_quantizer
 from .base import LayerImpl, as_f32, normalize_axis, register
 
 SPATIAL_DIMS = 2
@@ -37,7 +44,43 @@ def _spatial_values(layer, repeated, h_field, w_field, name, default, has_field)
     return tuple(values)
 
 
-class _ConvBase(LayerImpl):
+class _QuantizableWeights(LayerImpl):
+    """A learned layer whose weights (blob 0) may pass through a training-time quantizer."""
+
+    def setup_weight_quantizer(self, spec):
+        try:
+            self.weight_quantizer = weight_quantizer(spec)
+        except ValueError as exc:
+            raise self.error(f"weight_quantization_param: {exc}") from None
+        self._quantized = None
+
+    def quantized_params(self, blobs, context=None):
+        """The blobs the layer computes with: the weights quantized, the bias as stored. A
+        stochastic quantizer draws from the run's generator in the TRAIN phase; otherwise the
+        result is deterministic and kept while the blobs are the same objects."""
+        quantizer = self.weight_quantizer
+        if quantizer is None or not blobs:
+            return blobs
+        if quantizer.stochastic and self.phase == "TRAIN" and context is not None:
+            return [quantizer.quantize(blobs[0], context.rng)] + list(blobs[1:])
+        cached = self._quantized
+        if cached is None or len(cached[0]) != len(blobs) or any(
+                a is not b for a, b in zip(cached[0], blobs)):
+            cached = self._quantized = (list(blobs), [quantizer.quantize(blobs[0])] + list(blobs[1:]))
+        return cached[1]
+
+    def run(self, bottoms, blobs, context):
+        return super().run(bottoms, self.quantized_params(blobs, context), context)
+
+    def export_onnx(self, graph, io):
+        self.export_operation(graph, dataclasses.replace(io, blobs=self.quantized_params(io.blobs)))
+
+    def export_operation(self, graph, io):
+        """The float operation's ONNX nodes with ``io.blobs`` as they are."""
+        raise NotImplementedError
+
+
+class _ConvBase(_QuantizableWeights):
     """Parameters and shape checks shared by Convolution and Deconvolution."""
 
     def param_field(self, spec):
@@ -65,6 +108,7 @@ class _ConvBase(LayerImpl):
             raise self.error(f"num_output {self.num_output} is not divisible by group {self.group}")
         self.bias_term = bool(p.bias_term)
         self.axis = int(p.axis)
+        self.setup_weight_quantizer(spec)
 
     def _check_bottom(self, shape):
         if len(shape) != 2 + SPATIAL_DIMS:
@@ -88,7 +132,7 @@ class _ConvBase(LayerImpl):
             shapes.append((self.num_output,))
         return shapes
 
-    def export_onnx(self, graph, io):
+    def export_operation(self, graph, io):
         inputs = [io.bottoms[0], graph.constant(as_f32(io.blobs[0]), "weight")]
         if self.bias_term:
             inputs.append(graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias"))
@@ -155,7 +199,7 @@ class Deconvolution(_ConvBase):
 
 
 @register
-class InnerProduct(LayerImpl):
+class InnerProduct(_QuantizableWeights):
     """y = x W^T + b over the axes from ``axis`` on, flattened; ``transpose`` stores W as (K, N)."""
     type_name = "InnerProduct"
 
@@ -170,6 +214,7 @@ class InnerProduct(LayerImpl):
         self.bias_term = bool(p.bias_term)
         self.axis_param = int(p.axis)
         self.transpose = bool(p.transpose)
+        self.setup_weight_quantizer(spec)
 
     def _axis(self, shape):
         return normalize_axis(self.axis_param, len(shape), self.name)
@@ -205,7 +250,7 @@ class InnerProduct(LayerImpl):
         axis = self._axis(shape)
         return int(np.prod(shape[:axis])) * self.num_output * int(np.prod(shape[axis:]))
 
-    def export_onnx(self, graph, io):
+    def export_operation(self, graph, io):
         shape = io.bottom_shapes[0]
         axis = self._axis(shape)
         # Keep the (dynamic) batch with 0, the other leading axes as they are, flatten the rest.

@@ -18,6 +18,9 @@ class ConvolutionHWCE(Convolution):
 
     def setup(self, spec):
         super().setup(spec)
+        if self.weight_quantizer is not None:
+            raise self.error("weight_quantization_param does not apply: hwce_param quantizes "
+                             "the kernel")
         p = spec.hwce_param
         self.bits = {"kernel": int(p.kernel_bits), "input": int(p.input_bits), "output": int(p.output_bits)}
         for signal, bits in self.bits.items():

@@ -59,13 +59,16 @@ class _RistrettoLayer:
         return output_channel_axis(self.spec)
 
     def trim_params(self, blobs, context):
-        """The layer's weights and bias trimmed to its parameter formats."""
+        """The layer's weights and bias trimmed to its parameter formats; with a training-time
+        quantizer (``weight_quantization_param``), the quantized weights and the float bias."""
+        if self.weight_quantizer is not None:
+            return self.quantized_params(blobs, context)
         return self.precision.trim_params(blobs, context, self.bias_term, self.channel_axis)
 
     def _params(self, blobs, context):
         """Trimmed weights and bias; NEAREST results are cached (weights never change)."""
         p = self.precision
-        if p.rounding == numerics.STOCHASTIC:
+        if p.rounding == numerics.STOCHASTIC or self.weight_quantizer is not None:
             return self.trim_params(blobs, context)
         key = (context.compat, tuple(id(b) for b in blobs))
         if self._trimmed_params is None or self._trimmed_params[0] != key:
@@ -109,8 +112,8 @@ class _RistrettoLayer:
                 io.extra.setdefault("rebind", {})[i] = bottoms[i]
         params = self.trim_params(io.blobs, RunContext(compat, None))
         raw_tops = [graph.unique(f"{top}@float") for top in io.tops]
-        super().export_onnx(graph, OnnxIO(bottoms, raw_tops, params, io.bottom_shapes,
-                                          io.top_shapes, io.extra))
+        self.export_operation(graph, OnnxIO(bottoms, raw_tops, params, io.bottom_shapes,
+                                            io.top_shapes, io.extra))
         for raw, top in zip(raw_tops, io.tops):
             trimmed = self._trim_value(graph, raw, p.bw_layer_out, p.fl_layer_out, compat)
             graph.node("Identity", [trimmed], [top])

@@ -54,6 +54,11 @@ class FixedRuntime:
         for layer, impl in zip(net.layers, net.impls):
             if layer.type in INTEGER_TYPES:
                 p = impl.precision
+                if impl.weight_quantizer is not None:
+                    raise UnsupportedError("the fixed-point backend takes the weights in the "
+                                           "layer's DFP format, not a weight_quantization_param "
+                                           "quantizer (run it with the numpy backend)",
+                                           path=net.source, layer=layer.name)
                 if p.precision != DYNAMIC_FIXED_POINT or p.rounding != "nearest":
                     raise UnsupportedError("the fixed-point backend runs DYNAMIC_FIXED_POINT layers "
                                            "with NEAREST rounding", path=net.source, layer=layer.name)

@@ -6,12 +6,15 @@ Caffe's Convolution is torch's ``conv2d`` (the same (O, C/group, kh, kw) weights
 floor output size); Caffe's Deconvolution is ``conv_transpose2d`` (weights (C, O/group, kh, kw),
 output ``s (H - 1) + d (k - 1) + 1 - 2p``); InnerProduct flattens the axes from ``axis`` on.
 The Ristretto types subclass these and change only ``weights`` (the trimmed parameters).
+A ``weight_quantization_param`` makes ``weights`` return the quantized weight (see
+``train.modules.weight_quantizers``), on these types and on the Ristretto ones.
 """
 import math
 
 import torch.nn.functional as F
 
 from ...layers.base import normalize_axis
+from .weight_quantizers import quantize_weight
 from .base import TorchLayer, register
 
 
@@ -30,8 +33,14 @@ class _Learned(TorchLayer):
         return [p.weight_filler, p.bias_filler][:count]
 
     def weights(self):
-        """(weight, bias or None) as the operation uses them."""
-        return self.blob(0), (self.blob(1) if self.bias_term else None)
+        """(weight, bias or None) as the operation uses them: with a training-time quantizer
+        (``weight_quantization_param``), the quantized weight (``weight_quantizers``)."""
+        weight, bias = self.blob(0), (self.blob(1) if self.bias_term else None)
+        quantizer = self.impl.weight_quantizer
+        if quantizer is None:
+            return weight, bias
+        rng = self.context.rng if self.phase == "TRAIN" else None
+        return quantize_weight(weight, quantizer, rng), bias
 
     def operate(self, x, weight, bias):
         raise NotImplementedError

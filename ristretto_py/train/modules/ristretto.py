@@ -53,6 +53,8 @@ class _Trimmed:
 
     def weights(self):
         weight, bias = super().weights()
+        if self.impl.weight_quantizer is not None:   # quantized by the base: the bias stays float
+            return weight, bias
         shadow = [weight] if bias is None else [weight, bias]
         precision = self._precision()
         cache = self.phase == "TEST" and precision.rounding == numerics.NEAREST
