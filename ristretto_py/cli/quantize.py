@@ -14,6 +14,7 @@ from ..passes import quantize_report as reports
 from ..passes.cost import net_cost
 from ..passes.deploy_data import search_param
 from ..passes.given_widths import apply_widths, parse_widths
+from .quantize_finetune import add_finetune_arguments, finetune_lines, run_finetune
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import MODES, RistrettoQuantizer
 from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
@@ -40,7 +41,8 @@ def build_parser():
     parser.add_argument("--msb", type=int_range(-32, 31),
                         help="hwce mode: one fixed MSB exponent (-32 to 31) for every signal")
     parser.add_output("--weights_quantized", metavar="CAFFEMODEL",
-                      help="kmeans mode: where to write the clustered weights")
+                      help="kmeans mode: where to write the clustered weights; with --finetune: "
+                           "the fine-tuned weights")
     parser.add_output("--packed", metavar="FILE", help="kmeans mode: also write the packed file")
     parser.add_argument("--kmeans_scope", default="layer",
                         help="kmeans mode: layer (default), global, type or regex:PATTERN")
@@ -76,6 +78,7 @@ def build_parser():
     parser.add_argument("--search", choices=("uniform", "per_layer"), default="uniform",
                         help="uniform: Ristretto's search; per_layer: then lower each layer's "
                              "widths in sensitivity order (dynamic_fixed_point only)")
+    add_finetune_arguments(parser)
     add_measure_arguments(parser)
     parser.add_argument("--score_blob", default=None,
                         help="the blob to score: accuracy (default: the first scalar output), "
@@ -112,6 +115,10 @@ def quantize_main(argv=None):
                        ("--bias int32", args.bias == "int32")):
         if used and args.trimming_mode != "dynamic_fixed_point":
             raise RistrettoError(f"{flag} works on --trimming_mode dynamic_fixed_point")
+    if args.finetune and (args.trimming_mode != "dynamic_fixed_point" or
+                          args.search == "per_layer"):
+        raise RistrettoError("--finetune fine-tunes the dynamic_fixed_point search (Ristretto's, "
+                             "or --widths); not --search per_layer or other trimming modes")
     if args.widths and args.search == "per_layer":
         raise RistrettoError("--widths gives the widths; leave out --search per_layer")
     widths = parse_widths(args.widths) if args.widths else None
@@ -129,9 +136,18 @@ def quantize_main(argv=None):
     else:
         result = quantizer.run()
         lines = reports.summary_lines(result, _score_name(quantizer))
+    tried = ()
+    if args.finetune:
+        for line in lines:
+            print(line)
+        best, tried = run_finetune(args, quantizer, result, narrow=widths is None)
+        lines = finetune_lines(tried, best, _score_name(quantizer))
+        result.quantized, result.chosen = best.param, dict(best.widths)
+        result.final_score = best.after
     measured = reports.measure(quantizer, result.quantized)
     result.forward_passes = quantizer.forward_passes
-    write_net_text(result.quantized, args.model_quantized)
+    if not args.finetune:
+        write_net_text(result.quantized, args.model_quantized)
     for line in lines:
         print(line)
     print(_verdict(quantizer, result, _advice(args)))
@@ -144,12 +160,16 @@ def quantize_main(argv=None):
                   _share_value(measured.param_shares.get(name))]
         print(f"  {name}: input {shares[0]}, output {shares[1]}, params {shares[2]}")
     warn_zeroed(measured)
-    print(f"Wrote {args.model_quantized} ({result.forward_passes} forward batches of "
+    written = f"{args.model_quantized} and {args.weights_quantized}" if args.finetune else \
+        args.model_quantized
+    print(f"Wrote {written} ({result.forward_passes} forward batches of "
           f"{result.images_per_pass} images, the saturation pass included)")
     if args.report:
         report = reports.build_report(result, measured, settings(args), _advice(args),
                                       quantizer.measure)
         report["cost"] = net_cost(quantizer.build(result.quantized))
+        if tried:
+            report["finetune"] = [candidate.row() for candidate in tried]
         reports.write_report(args.report, report)
         write_lfw_reports(args.report, quantizer, result.quantized)
         print(f"Wrote the report to {args.report}")
