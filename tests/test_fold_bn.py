@@ -10,6 +10,7 @@ from ristretto_py.cli import fold_bn as fold_cli
 from ristretto_py.passes.fold_bn import fold_batchnorm, parameter_count
 from ristretto_py.runtime import NumpyRuntime
 from conftest import close_to, opencv_forward, write_model
+from test_cli import ROOT
 
 RNG = np.random.default_rng(21)
 
@@ -144,3 +145,36 @@ def test_inner_product_fold_and_nothing_to_fold(tmp_path, capsys):
     assert out_weights.read_bytes() == before
     # --weights is required: a usage error, exit code 2
     assert fold_cli.main(["--model", str(model), "--out-model", "x", "--out-weights", "y"]) == 2
+
+
+def test_the_folded_training_net_keeps_its_train_data_layer(tmp_path, capsys):
+    """tools/fold_bn on a training net (Data layers per phase): the TRAIN Data layer is written
+    first, the TEST net is folded, and the result loads in both phases."""
+    lmdb = ROOT / "examples" / "lenet_fashion" / "fashion_test_lmdb"
+    data = ('layer { name: "data" type: "Data" top: "data" top: "label" include { phase: PHASE } '
+            'transform_param { scale: 0.00390625 } data_param { source: "' + str(lmdb) +
+            '" batch_size: 4 backend: LMDB } }\n')
+    text = (data.replace("PHASE", "TRAIN") + data.replace("PHASE", "TEST") +
+            'layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" '
+            'convolution_param { num_output: 3 kernel_size: 3 } }\n'
+            'layer { name: "bn" type: "BatchNorm" bottom: "c1" top: "c1" }\n'
+            'layer { name: "sc" type: "Scale" bottom: "c1" top: "c1" scale_param { bias_term: true } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "c1" top: "ip" '
+            'inner_product_param { num_output: 10 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" '
+            'include { phase: TRAIN } }\n')
+    blobs = {"c1": [RNG.standard_normal((3, 1, 3, 3)), RNG.standard_normal(3)],
+             "bn": _bn_blobs(3), "sc": _scale_blobs(3),
+             "ip": [RNG.standard_normal((10, 3 * 26 * 26)), RNG.standard_normal(10)]}
+    model, weights = write_model(tmp_path, text, blobs)
+    out_model, out_weights = tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel"
+    assert fold_cli.main(["--model", str(model), "--weights", str(weights), "--out_model",
+                          str(out_model), "--out_weights", str(out_weights)]) == 0
+    printed = capsys.readouterr().out
+    assert "kept the source layers of other phases: data" in printed
+    assert "left out layers of other phases: loss" in printed
+    train = Net.load(out_model, out_weights, phase="TRAIN")
+    test = Net.load(out_model, out_weights)
+    assert [l.type for l in train.layers] == ["Data", "Convolution", "InnerProduct"]
+    assert [l.type for l in test.layers] == ["Data", "Convolution", "InnerProduct"]
+    assert train.layers[0].spec.include[0].phase == 0       # the TRAIN one

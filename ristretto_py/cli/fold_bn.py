@@ -1,9 +1,14 @@
 """``tools/fold_bn``: fold every BatchNorm (and the Scale after it) into the Convolution or
 InnerProduct before it; a BatchNorm that cannot be folded becomes a depthwise 1x1 Convolution.
-Writes a new prototxt and caffemodel and prints the layers and parameters before and after."""
+Writes a new prototxt and caffemodel and prints the layers and parameters before and after.
+
+The folding runs on the TEST net. Source layers of the other phases (a training net's TRAIN
+Data layer) are written too, first, as in the input, so that the folded net can be fine-tuned
+with ``tools/train``; any other layer outside the TEST phase is left out, and named."""
 import sys
 
-from ..net import Net
+from ..caffe_io import read_net_text, write_net_text
+from ..net import PHASES, Net, layer_in_state
 from ..passes.fold_bn import fold_batchnorm, parameter_count
 from .common import add_model_arguments, make_parser, run
 
@@ -34,9 +39,26 @@ def fold_main(argv=None):
         print("nothing to fold: the net is written unchanged")
     print(f"layers: {len(net.layers)} -> {len(folded.layers)}; "
           f"parameters: {parameter_count(net):,} -> {parameter_count(folded):,}")
-    folded.save(args.out_model, args.out_weights)
+    description = folded.to_proto(False)
+    kept, dropped = other_phase_sources(read_net_text(args.model))
+    if kept:
+        layers = kept + list(description.layer)
+        del description.layer[:]
+        description.layer.extend(layers)
+        print(f"kept the source layers of other phases: {', '.join(s.name for s in kept)}")
+    if dropped:
+        print(f"left out layers of other phases: {', '.join(dropped)}")
+    write_net_text(description, args.out_model)
+    folded.save(weights_path=args.out_weights)
     print(f"wrote {args.out_model} and {args.out_weights}")
     return 0
+
+
+def other_phase_sources(param):
+    """(layers outside the TEST phase without bottoms, names of the other layers outside it)."""
+    outside = [spec for spec in param.layer if not layer_in_state(spec, PHASES["TEST"])]
+    return ([spec for spec in outside if not len(spec.bottom)],
+            [spec.name for spec in outside if len(spec.bottom)])
 
 
 def main(argv=None, prog=PROG):
