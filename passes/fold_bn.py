@@ -91,6 +91,8 @@ def _foldable_into(layers, net, index, producer, blob):
     layer = layers[producer]
     if layer.type not in FOLD_INTO or len(layer.tops) != 1 or layer.in_place:
         return False
+    if layer.spec.HasField("weight_quantization_param"):
+        return False            # its quantizer would see the folded weights, not the trained ones
     if _readers(layers, producer, blob) != [index]:
         return False
     if layer.type == "InnerProduct":

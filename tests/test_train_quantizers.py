@@ -209,3 +209,16 @@ def test_bad_quantizer_parameters_name_the_layer(text, fragment):
     with pytest.raises(NetError) as info:
         _fc(text, np.ones((2, 3), np.float32))
     assert "fc" in str(info.value) and fragment in str(info.value)
+
+
+def test_cost_model_counts_packed_quantized_weights():
+    from ristretto_py.passes.cost import layer_costs
+    w = RNG.standard_normal((4, 6)).astype(np.float32)
+    expected = {"method: TERNARY": 24 * 2 + 32,                    # 2 bits each + the scale
+                "method: BINARY": 24,                              # 1 bit each, no constant
+                "method: BINARY scale: MEAN_ABS": 24 + 32,
+                "method: DOREFA bits: 3": 24 * 3,
+                "method: HWCE bits: 4 msb: 0": 24 * 4 + 8}         # + the MSB
+    for text, weight_bits in expected.items():
+        fc = next(c for c in layer_costs(_fc(text, w, "TEST")) if c.name == "fc")
+        assert fc.param_bytes == (weight_bits + 4 * 32) / 8, text      # the bias stays float32
