@@ -4,13 +4,21 @@ a Ristretto format, HWCE quantclip or float32), the widths of its weights, input
 the share of its weights outside the quantizer's range at the end of training, and the weight
 bytes packed (1 bit per binary weight, 2 per ternary, k per DoReFa/fixed-point weight, plus the
 layer's constants) next to the float32 bytes.
+
+Given a batch (``activation_saturation``), it also gives the share of each layer's input and
+output values that the formats clip: a Ristretto layer's input against its input format and its
+untrimmed output against its output format; an ActivationQuantize layer reading a learned
+layer's output counts as that layer's output format (for SIGN: |x| > 1, where its gradient is
+zero).
 """
 import math
 
 import numpy as np
 
 from ristretto_py import numerics
+from ristretto_py.layers.base import RunContext
 from ristretto_py.precision import DYNAMIC_FIXED_POINT, MINIFLOAT
+from ristretto_py.runtime import NumpyRuntime
 
 from .cost import RISTRETTO
 from .kmeans import CLUSTERED_TYPES
@@ -59,8 +67,44 @@ def _activation_bits(net, layer, impl):
     return bits_in, bits_out
 
 
-def quantization_rows(net):
-    """One row per learned layer with weights (see the module docstring)."""
+def _outside(values, bounds):
+    if bounds is None or not np.size(values):
+        return None
+    x = np.asarray(values)
+    return float(np.mean((x < bounds[0]) | (x > bounds[1])))
+
+
+def activation_saturation(net, batch, compat="gpu"):
+    """{layer name: {"input": share or None, "output": share or None}} on one batch of ``net``
+    (a TEST net with weights)."""
+    shares = {}
+    producer = {}
+    context = RunContext(compat, None)
+
+    def observe(layer, bottoms, tops):
+        impl = net.impl(layer)
+        if layer.type in RISTRETTO:
+            p = impl.precision
+            trimmed = [p.trim_input(b, context) for b in bottoms]
+            raw = impl.forward(trimmed, impl.trim_params(layer.blobs, context))[0]
+            shares[layer.name] = {"input": _outside(bottoms[0], p.activation_bounds("input", compat)),
+                                  "output": _outside(raw, p.activation_bounds("output", compat))}
+        elif layer.type == "ActivationQuantize" and bottoms and layer.bottoms[0] in producer:
+            owner = producer[layer.bottoms[0]]
+            entry = shares.setdefault(owner, {"input": None, "output": None})
+            entry["output"] = _outside(bottoms[0], (impl.low, impl.high))
+        for top in layer.tops:
+            if layer.type in CLUSTERED_TYPES:
+                producer[top] = layer.name
+
+    NumpyRuntime(net, compat=compat).forward(batch, observer=observe)
+    return shares
+
+
+def quantization_rows(net, saturation=None):
+    """One row per learned layer with weights (see the module docstring); ``saturation`` from
+    ``activation_saturation`` adds the activation shares."""
+    saturation = saturation or {}
     rows = []
     for layer, impl in zip(net.layers, net.impls):
         if layer.type not in CLUSTERED_TYPES + ("ConvolutionHWCE",) or not layer.blobs:
@@ -71,17 +115,21 @@ def quantization_rows(net):
         rows.append({"layer": layer.name, "quantizer": description, "weight_bits": bits,
                      "input_bits": bits_in, "output_bits": bits_out, "weights": n,
                      "saturated": saturated, "packed_bytes": math.ceil((n * bits + constants) / 8),
-                     "float_bytes": n * FLOAT_BITS // 8})
+                     "float_bytes": n * FLOAT_BITS // 8,
+                     "input_saturated": saturation.get(layer.name, {}).get("input"),
+                     "output_saturated": saturation.get(layer.name, {}).get("output")})
     return rows
 
 
 def format_rows(rows):
-    lines = [f"{'layer':20s} {'quantizer':32s} {'w/in/out bits':>14s} {'saturated':>9s} "
-             f"{'weight bytes':>12s} {'float32':>10s}"]
+    lines = [f"{'layer':20s} {'quantizer':32s} {'w/in/out bits':>14s} "
+             f"{'saturated w/in/out':>22s} {'weight bytes':>12s} {'float32':>10s}"]
     for r in rows:
         widths = f"{r['weight_bits']}/{r['input_bits']}/{r['output_bits']}"
+        shares = "/".join("-" if s is None else f"{s:.2%}" for s in
+                          (r["saturated"], r.get("input_saturated"), r.get("output_saturated")))
         lines.append(f"{r['layer'][:20]:20s} {r['quantizer'][:32]:32s} {widths:>14s} "
-                     f"{r['saturated']:9.2%} {r['packed_bytes']:12,d} {r['float_bytes']:10,d}")
+                     f"{shares:>22s} {r['packed_bytes']:12,d} {r['float_bytes']:10,d}")
     packed = sum(r["packed_bytes"] for r in rows)
     floats = sum(r["float_bytes"] for r in rows)
     if rows:

@@ -222,3 +222,25 @@ def test_cost_model_counts_packed_quantized_weights():
     for text, weight_bits in expected.items():
         fc = next(c for c in layer_costs(_fc(text, w, "TEST")) if c.name == "fc")
         assert fc.param_bytes == (weight_bits + 4 * 32) / 8, text      # the bias stays float32
+
+
+def test_activation_saturation_counts_what_the_formats_clip():
+    from ristretto_py.passes.training_report import activation_saturation, quantization_rows
+    w = numerics.trim_fixed_point(RNG.standard_normal((5, 7)).astype(np.float32), 6, 4)
+    x = (RNG.standard_normal((6, 7)) * 3).astype(np.float32)
+    text = input_layer({"x": x.shape}) + (
+        'layer { name: "fc" type: "FcRistretto" bottom: "x" top: "y" inner_product_param { '
+        'num_output: 5 bias_term: false } quantization_param { precision: DYNAMIC_FIXED_POINT '
+        'bw_layer_in: 8 fl_layer_in: 5 bw_layer_out: 6 fl_layer_out: 2 bw_params: 6 '
+        'fl_params: 4 } }\n')
+    net = make_net(text, {"fc": [w]})
+    shares = activation_saturation(net, {"x": x})["fc"]
+    # By hand: the input format holds [-4, 3.96875], the output format [-8, 7.75]; the output
+    # is computed from the trimmed input.
+    raw = numerics.trim_fixed_point(x, 8, 5) @ w.T
+    assert shares["input"] == pytest.approx(np.mean((x < -4) | (x > 3.96875)))
+    assert shares["output"] == pytest.approx(np.mean((raw < -8) | (raw > 7.75)))
+    assert 0 < shares["input"] < 1 and 0 < shares["output"] < 1
+    row, = quantization_rows(net, {"fc": shares})
+    assert (row["weight_bits"], row["input_bits"], row["output_bits"]) == (6, 8, 6)
+    assert row["packed_bytes"] == 27 and row["float_bytes"] == 140      # ceil(35 * 6 / 8)

@@ -50,6 +50,10 @@ def test_prepared_quantizers_train_and_the_numpy_runtime_scores_what_the_engine_
     rows = json.loads((tmp_path / "r" / "train.json").read_text())["quantization"]
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "ip1", "ip2"]
     assert 0 <= rows[0]["saturated"] < 0.01              # hwce msb from the 100th percentile
+    # On a test batch: conv2's outputs outside DoReFa's [0, 1] (negative ones included), none
+    # measured for plain layers' inputs or for ip2, which nothing quantizes.
+    assert 0.05 < rows[1]["output_saturated"] < 0.95 and rows[1]["input_saturated"] is None
+    assert rows[3]["output_saturated"] is None
     engine = re.findall(r"Test net output #0: accuracy = ([\d.]+)", trained.stdout)[-1]
     evaluated = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(prepared),

@@ -14,7 +14,7 @@ import sys
 from .. import atomic, caffe_io
 from ..errors import RistrettoError
 from ..net import Net
-from ..passes.training_report import format_rows, quantization_rows
+from ..passes.training_report import activation_saturation, format_rows, quantization_rows
 from .common import add_memory_argument, make_parser, run
 
 PROG = "train"
@@ -123,7 +123,7 @@ def train_main(argv=None):
               f"on {device} (seed {seed}; trimmed in TRAIN: {args.qat}"
               f"{'; BatchNorm frozen' if args.frozen_bn else ''})")
         trainer.solve(snapshot)
-        rows = quantization_rows(trainer.trained_net())
+        rows = quantization_rows(trainer.trained_net(), _saturation(trainer))
     finally:
         trainer.close()
     if any(r["quantizer"] != "float32" for r in rows):
@@ -131,6 +131,17 @@ def train_main(argv=None):
     if args.report:
         write_report(args.report, trainer.log, rows)
     return 0
+
+
+def _saturation(trainer):
+    """The activation saturation shares of the first test net on its next batch (None without
+    a test net or quantized layers)."""
+    if not trainer.test_nets or not any(
+            layer.type.endswith("Ristretto") or layer.type == "ActivationQuantize"
+            for layer in trainer.test_nets[0].layers):
+        return None
+    batch = trainer.sample_batch(0)
+    return activation_saturation(trainer.test_models[0].to_net(), batch)
 
 
 def write_report(directory, log, quantization=()):

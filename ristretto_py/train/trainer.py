@@ -277,6 +277,11 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
+    def sample_batch(self, index=0):
+        """The next batch of test net ``index``'s data feed (numpy arrays by top name)."""
+        return {name: np.asarray(value) for name, value in
+                self._feed(self.test_nets[index], "TEST").next_batch().items()}
+
     def trained_net(self):
         """The TRAIN net with the current weights, as a ristretto_py Net."""
         return self.model.to_net()
