@@ -77,7 +77,11 @@ def test_fine_tuning_logs_as_caffe_and_resumes_exactly(tmp_path, quantized):
     assert re.search(r"^    Test net output #0: accuracy = 0\.\d+$", result.stdout, re.M)
     assert re.search(r"^    Test net output #2: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)$", result.stdout, re.M)
     assert re.search(r"^Iteration 5 \([\d.]+ iter/s, [\d.]+s/5 iters\), loss = [\d.]+$", result.stdout, re.M)
-    assert "Iteration 5, lr = 0.001" in log and log[-1] == "Optimization Done."
+    assert "Iteration 5, lr = 0.001" in log
+    # Caffe's log ends with its last line; the quantization table of the Ristretto layers follows.
+    done = log.index("Optimization Done.")
+    assert log[done + 1].startswith("layer ") and log[-1].startswith("weights: ")
+    assert re.match(r"conv1 +DFP \d+-bit", log[done + 2])
     report = json.loads((tmp_path / "r" / "train.json").read_text())
     assert [e["iter"] for e in report["train"]] == [0, 5, 10, 15]
     assert [e["iter"] for e in report["test"]] == [0, 5, 10, 15, 20]
