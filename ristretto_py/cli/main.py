@@ -4,7 +4,7 @@ import importlib
 import sys
 
 COMMANDS = {"quantize": "quantize", "evaluate": "evaluate", "info": "info", "forward": "forward",
-            "export_onnx": "export_onnx", "fetch_models": "fetch_models", "fold_bn": "fold_bn",
+            "export_onnx": "export_onnx", "export_caffe": "export_caffe", "fetch_models": "fetch_models", "fold_bn": "fold_bn",
             "kmeans": "kmeans", "quantize_weights": "quantize_weights", "analyze": "analyze",
             "evaluate_lfw": "evaluate_lfw", "convert_keras": "convert_keras",
             "convert_imageset": "convert_imageset", "make_lenet_fashion": "make_lenet_fashion", "train": "train"}
