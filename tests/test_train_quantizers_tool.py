@@ -81,3 +81,17 @@ def test_bad_training_quantizer_requests_are_one_line(tmp_path, argv, fragment):
     assert result.returncode == 2, result.stdout
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.prototxt").exists()
+
+
+def test_quantize_refuses_a_description_that_already_carries_quantizers(tmp_path):
+    prepared = tmp_path / "prepared.prototxt"
+    assert _quantize_weights("--training", "--method", "ternary", "--out_model",
+                             prepared).returncode == 0
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "quantize"), "--model", str(prepared), "--weights",
+         str(WEIGHTS), "--model_quantized", str(tmp_path / "q.prototxt"), "--trimming_mode",
+         "dynamic_fixed_point", "--iterations", "1", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "layer conv1 carries a training-time" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q.prototxt").exists()

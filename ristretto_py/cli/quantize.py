@@ -240,6 +240,12 @@ def make_quantizer(args, mode):
         score_blob=args.score_blob, seed=args.seed, progress=not args.quiet,
         net_param=search_param(args.model, args.data, args.batch_size or 100, args.data_scale,
                                args.data_mean), formats=formats)
+    carrying = [l.name for l in quantizer.param.layer if l.HasField("weight_quantization_param")]
+    if carrying:
+        raise RistrettoError(f"{args.model}: layer {carrying[0]} carries a training-time weight "
+                             "quantizer (weight_quantization_param), which would replace the "
+                             "searched weight formats: quantize the float description first, "
+                             "then add the quantizers (tools/quantize_weights --training)")
     quantizer.use(*measure_and_data(args, quantizer.build(quantizer.param), args.error_margin))
     return quantizer
 
