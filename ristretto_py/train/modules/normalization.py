@@ -74,8 +74,10 @@ class BatchNorm(TorchLayer):
             self._update(mean, var)
             return F.batch_norm(x, None, None, weight, bias, training=True, momentum=0.0,
                                 eps=self.eps)
+        # Both buffers initialised: torch computes (1 - momentum) * old + momentum * new, and
+        # 0 * NaN from uninitialised memory would be NaN.
         mean = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-        var = torch.empty_like(mean)
+        var = torch.zeros_like(mean)
         y = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
         self._update(mean, var)
         return y
