@@ -21,10 +21,10 @@ from ristretto_py.protos import caffe_pb2
 from ristretto_py.weight_quantization import WeightQuantizer
 
 from .kmeans import select_layers
+from .training_report import weight_bytes
 
 CONV_TYPES = ("Convolution", "Deconvolution", "ConvolutionRistretto", "DeconvolutionRistretto")
 FC_TYPES = ("InnerProduct", "FcRistretto")
-FLOAT_BITS = 32
 SPELLINGS = ("binary, scaled_binary, stochastic_binary, scaled_stochastic_binary, ternary[:T], "
              "dorefa:K[:max] or hwce:N:PERCENTILE")
 
@@ -153,8 +153,7 @@ def with_training_quantizers(param, quantizers, activations=None):
 def weight_row(name, quantizer, weights):
     """One report row: quantizer, packed and float bytes, saturation share of ``weights``."""
     n = int(np.size(weights))
-    packed = n * quantizer.bits_per_weight + quantizer.constant_bits
+    packed, floats = weight_bytes(n, quantizer.bits_per_weight, quantizer.constant_bits)
     return {"layer": name, "quantizer": quantizer.describe(), "n": n,
-            "bits_per_weight": quantizer.bits_per_weight,
-            "packed_bytes": math.ceil(packed / 8), "float_bytes": n * FLOAT_BITS // 8,
-            "saturated": quantizer.saturation(weights)}
+            "bits_per_weight": quantizer.bits_per_weight, "packed_bytes": packed,
+            "float_bytes": floats, "saturated": quantizer.saturation(weights)}

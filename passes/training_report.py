@@ -17,13 +17,18 @@ import numpy as np
 
 from ristretto_py import numerics
 from ristretto_py.layers.base import RunContext
-from ristretto_py.precision import DYNAMIC_FIXED_POINT, MINIFLOAT
+from ristretto_py.precision import DYNAMIC_FIXED_POINT, FLOAT_BITS, MINIFLOAT
 from ristretto_py.runtime import NumpyRuntime
 
 from .cost import RISTRETTO
 from .kmeans import CLUSTERED_TYPES
 
-FLOAT_BITS = 32
+
+
+def weight_bytes(count, bits, constant_bits=0):
+    """(packed bytes, float32 bytes) of ``count`` weights of ``bits`` bits each, plus the
+    layer's constants (a scale, an MSB, per-channel shifts)."""
+    return math.ceil((count * bits + constant_bits) / 8), count * FLOAT_BITS // 8
 
 
 def _format(layer, impl):
@@ -112,10 +117,10 @@ def quantization_rows(net, saturation=None):
         description, bits, constants, saturated = _format(layer, impl)
         bits_in, bits_out = _activation_bits(net, layer, impl)
         n = int(np.size(layer.blobs[0]))
+        packed, floats = weight_bytes(n, bits, constants)
         rows.append({"layer": layer.name, "quantizer": description, "weight_bits": bits,
                      "input_bits": bits_in, "output_bits": bits_out, "weights": n,
-                     "saturated": saturated, "packed_bytes": math.ceil((n * bits + constants) / 8),
-                     "float_bytes": n * FLOAT_BITS // 8,
+                     "saturated": saturated, "packed_bytes": packed, "float_bytes": floats,
                      "input_saturated": saturation.get(layer.name, {}).get("input"),
                      "output_saturated": saturation.get(layer.name, {}).get("output")})
     return rows

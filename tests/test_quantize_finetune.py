@@ -10,7 +10,7 @@ import pytest
 
 from ristretto_py import Net
 from test_cli import ROOT
-from test_train_tool import MODEL, WEIGHTS
+from test_train_tool import MODEL, WEIGHTS, evaluated_accuracy
 
 SOLVER = """net: "replaced.prototxt"
 base_lr: 0.0005
@@ -57,13 +57,8 @@ def test_finetune_tries_narrower_widths_and_writes_the_best_fine_tuned_net(tmp_p
     conv = next(l for l in net.layers if l.name == "conv2").spec.quantization_param
     assert conv.bw_params == best["widths"]["conv_params"]
     assert conv.bw_layer_out == best["widths"]["activations"]
-    evaluated = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(tmp_path / "q.prototxt"),
-         "--weights", str(tmp_path / "q.caffemodel"), "--iterations", "2", "--json", "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["scores"]["accuracy"] == pytest.approx(best["after"],
-                                                                                abs=1e-6)
+    accuracy = evaluated_accuracy(tmp_path / "q.prototxt", tmp_path / "q.caffemodel")
+    assert accuracy == pytest.approx(best["after"], abs=1e-6)
     assert "Fine-tuning in the loop" in result.stdout and "<- written" in result.stdout
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from ristretto_py import Net
 from test_cli import ROOT
-from test_train_tool import MODEL, WEIGHTS, solver, tool
+from test_train_tool import MODEL, WEIGHTS, evaluated_accuracy, solver, tool
 
 
 def _quantize_weights(*argv):
@@ -55,13 +55,8 @@ def test_prepared_quantizers_train_and_the_numpy_runtime_scores_what_the_engine_
     assert 0.05 < rows[1]["output_saturated"] < 0.95 and rows[1]["input_saturated"] is None
     assert rows[3]["output_saturated"] is None
     engine = re.findall(r"Test net output #0: accuracy = ([\d.]+)", trained.stdout)[-1]
-    evaluated = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(prepared),
-         "--weights", str(tmp_path / "twn_iter_10.caffemodel"), "--iterations", "2", "--json",
-         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert float(engine) == pytest.approx(json.loads(evaluated.stdout)["scores"]["accuracy"],
-                                          abs=1e-6)
+    assert float(engine) == pytest.approx(
+        evaluated_accuracy(prepared, tmp_path / "twn_iter_10.caffemodel"), abs=1e-6)
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -42,6 +42,16 @@ def solver(tmp_path, name="solver", net=MODEL, max_iter=20, snapshot=10, base_lr
     return path
 
 
+def evaluated_accuracy(model, weights, iterations=2):
+    """tools/evaluate's accuracy (the numpy runtime) on the first ``iterations`` test batches."""
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(model), "--weights",
+         str(weights), "--iterations", str(iterations), "--json", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    return json.loads(evaluated.stdout)["scores"]["accuracy"]
+
+
 def tool(*argv):
     return subprocess.run([sys.executable, str(ROOT / "tools" / "train"), *map(str, argv)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -204,12 +214,7 @@ def test_qat_activations_trains_and_its_test_score_is_what_the_numpy_runtime_giv
     assert result.returncode == 0, result.stderr
     assert "trimmed in TRAIN: activations; BatchNorm frozen" in result.stdout
     engine = re.findall(r"Test net output #0: accuracy = ([\d.]+)", result.stdout)[-1]
-    evaluated = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "evaluate"), "--model", str(quantized),
-         "--weights", str(tmp_path / "qat_iter_10.caffemodel"), "--iterations", "2", "--json",
-         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr
-    accuracy = json.loads(evaluated.stdout)["scores"]["accuracy"]
+    accuracy = evaluated_accuracy(quantized, tmp_path / "qat_iter_10.caffemodel")
     assert float(engine) == pytest.approx(accuracy, abs=1e-6)       # 200 images: same hits
     bad = tool("--solver", path, "--qat", "inputs")
     assert bad.returncode == 2 and "--qat" in bad.stderr

@@ -74,16 +74,6 @@ def build_parser():
     return parser
 
 
-def _per_layer(items):
-    plan = {}
-    for item in items:
-        name, sep, method = item.partition("=")
-        if not sep or not name or not method:
-            raise RistrettoError(f"--layer {item!r}: expected NAME=METHOD")
-        plan[name] = Quantizer.parse(method)
-    return plan
-
-
 def _pairs(items, flag):
     plan = {}
     for item in items:
@@ -101,7 +91,7 @@ def main_quantize(argv=None):
     if args.layer_type or args.keep_first_last:
         raise RistrettoError("--layer_type and --keep_first_last go with --training")
     default = Quantizer.parse(args.method) if args.method else None
-    per_layer = _per_layer(args.layer)
+    per_layer = {k: Quantizer.parse(v) for k, v in _pairs(args.layer, "--layer").items()}
     activation = None
     if args.activations:
         if args.activations in ("sign",) or args.activations.startswith("dorefa:"):
