@@ -6,6 +6,7 @@ backend"): values as int64 mantissas m with a fractional length fl (value = m * 
 * ``shift``: move a mantissa to another fractional length; going down divides by a power of two
   and rounds like Ristretto's NEAREST (half to even, or half away from zero in the CPU build).
   Lengths may be per-channel arrays (``to_mantissa`` too), broadcasting against the mantissas.
+* ``divide``: integer division rounded with the same NEAREST rule (AVE pooling's mean).
 * ``saturate`` to a bit width; ``wrap`` to an accumulator width (two's complement).
 * ``accumulate``: a dot product's sum in an accumulator of ``acc_bits`` that wraps or saturates;
   saturation depends on the order of the additions, which here is the kernel's (c, kh, kw) order,
@@ -63,6 +64,17 @@ def shift(mantissa, from_fl, to_fl, compat="gpu"):
         tie_up = m >= 0
     up = (down > 0) & ((remainder > half) | ((remainder == half) & tie_up))
     return quotient + up
+
+
+def divide(numerator, denominator, compat="gpu"):
+    """numerator / denominator (int64 arrays, denominators > 0) rounded to the nearest integer,
+    ties as ``shift`` breaks them (to even, or away from zero in the CPU build)."""
+    n = np.asarray(numerator, np.int64)
+    d = np.asarray(denominator, np.int64)
+    quotient = np.floor_divide(n, d)
+    twice = 2 * (n - quotient * d)            # 2 * remainder, remainder in [0, d)
+    tie_up = quotient % 2 == 1 if compat == "gpu" else n >= 0
+    return quotient + ((twice > d) | ((twice == d) & tie_up))
 
 
 def accumulate(terms, acc_bits=64, overflow="wrap", axis=-1):

@@ -43,6 +43,8 @@ def evaluate_main(argv=None):
     print(f"{result.iterations} batches, {result.images} images, backend {result.backend}")
     for name, value in result.as_dict()["scores"].items():
         print(f"{name} = {value}")
+    if hasattr(runtime, "describe_how"):
+        print(runtime.describe_how())
     for name, report in getattr(runtime, "report", {}).items():
         print(f"{name}: last batch {report.float32_differs} of {report.values} values differ from "
               f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")

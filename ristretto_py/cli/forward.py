@@ -101,6 +101,8 @@ def forward_main(argv):
     net = fit_input(net, blob, batch)
     runtime = make_runtime(net, args.backend, **runtime_options(args))
     blobs = runtime.forward({blob: batch})
+    if hasattr(runtime, "describe_how"):
+        print(runtime.describe_how())
     for name, report in getattr(runtime, "report", {}).items():
         if report.float32_differs or report.overflows:
             print(f"{name}: {report.float32_differs} of {report.values} values differ from "

@@ -89,7 +89,7 @@ def info_main(argv):
     if args.cost:
         from ..passes.cost import cost_table, format_cost, layer_costs
         print()
-        print("cost model (bytes at each layer's precision):")
+        print("cost model (bytes as deployed: values packed at each layer's widths):")
         print(format_cost(*cost_table(layer_costs(net))))
     return 0
 

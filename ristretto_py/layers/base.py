@@ -80,6 +80,9 @@ class LayerImpl:
         self.phase = phase
         self._check_counts()
         self.setup(layer.spec)
+        from .formats import parse_format
+        # A dynamic-fixed-point format on a stock layer (``formats``), or None.
+        self.layer_format = parse_format(self)
 
     # -- parameters -----------------------------------------------------------------------
     def setup(self, spec):
@@ -116,6 +119,9 @@ class LayerImpl:
         ``bottoms`` is a list the runtime made for this call: a layer that changes a bottom in
         place (Ristretto's trim their inputs, in both builds) puts the new array at that index
         instead of writing into the given one, and the runtime rebinds the blob to it."""
+        if self.layer_format is not None:
+            from .formats import run_float
+            return run_float(self, bottoms, blobs, context)
         if context.reuse is not None and hasattr(self, "forward_into"):
             return [self.forward_into(bottoms, blobs, context.reuse)]
         return self.forward(bottoms, blobs)

@@ -133,9 +133,9 @@ class _ConvBase(_QuantizableWeights):
         return shapes
 
     def export_operation(self, graph, io):
-        inputs = [io.bottoms[0], graph.constant(as_f32(io.blobs[0]), "weight")]
+        inputs = [io.bottoms[0], onnx_param(graph, io, 0, as_f32(io.blobs[0]), "weight", 0)]
         if self.bias_term:
-            inputs.append(graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias"))
+            inputs.append(onnx_param(graph, io, 1, as_f32(io.blobs[1]).reshape(-1), "bias", 0))
         graph.node(self.onnx_op, inputs, io.tops, kernel_shape=list(self.kernel),
                    strides=list(self.stride), dilations=list(self.dilation),
                    pads=list(self.pad) * 2, group=self.group)
@@ -256,13 +256,27 @@ class InnerProduct(_QuantizableWeights):
         # Keep the (dynamic) batch with 0, the other leading axes as they are, flatten the rest.
         target = [0, *shape[1:axis], -1] if axis >= 1 else [-1]
         flat = graph.node("Reshape", [io.bottoms[0], graph.ints(target, "shape")])[0]
-        weight = graph.constant(np.ascontiguousarray(self._weight_kn(io.blobs[0])), "weight")
+        weight = onnx_param(graph, io, 0, np.ascontiguousarray(self._weight_kn(io.blobs[0])),
+                            "weight", 1)
         if self.bias_term:
+            bias = onnx_param(graph, io, 1, as_f32(io.blobs[1]).reshape(-1), "bias", 0)
+            if io.extra.get("quantized"):       # one node, the form QDQ fusion looks for
+                graph.node("Gemm", [flat, weight, bias], io.tops)
+                return
             product = graph.node("MatMul", [flat, weight])[0]
-            bias = graph.constant(as_f32(io.blobs[1]).reshape(-1), "bias")
             graph.node("Add", [product, bias], io.tops)
         else:
             graph.node("MatMul", [flat, weight], io.tops)
+
+
+def onnx_param(graph, io, index, array, hint, axis):
+    """The value of parameter blob ``index`` (``array``, laid out as the ONNX node takes it,
+    output channels along ``axis``): a float initializer, or what the quantized export's
+    ``io.extra["param_value"]`` makes of it (an integer initializer and its DequantizeLinear)."""
+    make = io.extra.get("param_value")
+    if make is not None:
+        return make(graph, index, array, hint, axis)
+    return graph.constant(array, hint)
 
 
 # -- the computations, shared with the Ristretto layers and the fixed-point kernels ------------

@@ -182,6 +182,19 @@ def max_pool_integers(layer_impl, mantissas):
     return _max_pool(np.asarray(mantissas, np.int64), kernel, layer_impl.stride, layer_impl.pad, out)
 
 
+def ave_pool_sums(layer_impl, mantissas):
+    """AVE pooling's window sums of integer mantissas (padding adds 0) and Caffe's divisor of
+    each output cell (int64), for the fixed-point form (``formats``)."""
+    x = np.asarray(mantissas, np.int64)
+    if layer_impl.global_pooling:
+        return x.sum(axis=(2, 3), keepdims=True), np.int64(x.shape[2] * x.shape[3])
+    kernel, out = layer_impl._geometry(x.shape)
+    stride, pad = layer_impl.stride, layer_impl.pad
+    padded = _padded(x, pad, _tails(x.shape, kernel, stride, pad, out), 0)
+    sums = _reduce_windows(padded, kernel, stride, out, np.add)
+    return sums, _ave_divisor(x.shape[2:], kernel, stride, pad, out).astype(np.int64)
+
+
 def _ave_divisor(size, kernel, stride, pad, out):
     """Caffe's AVE divisor per output cell: the window clipped to the padded extent."""
     lengths = []

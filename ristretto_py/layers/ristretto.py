@@ -92,14 +92,17 @@ class _RistrettoLayer:
             return False
         return not (p.precision == MINIFLOAT and compat == "cpu")
 
-    def _trim_value(self, graph, value, bit_width, fractional_length, compat):
+    def _trim_value(self, graph, value, bit_width, fractional_length, extra):
         from ..runtime import onnx_trim
         p = self.precision
         if p.precision == MINIFLOAT:
+            if extra.get("quantized") == "qonnx":
+                from ..runtime.qonnx_nodes import float_quant
+                return float_quant(graph, value, p.exp_bits, p.mant_bits)
             return onnx_trim.minifloat(graph, value, p.exp_bits, p.mant_bits)
-        if not p.trims_activations(compat):
+        if not p.trims_activations(extra.get("compat", "gpu")):
             return value
-        return onnx_trim.fixed_point(graph, value, bit_width, fractional_length, compat)
+        return onnx_trim.trim(graph, value, bit_width, fractional_length, extra)
 
     def export_onnx(self, graph, io):
         p = self.precision
@@ -107,7 +110,7 @@ class _RistrettoLayer:
         count = len(io.bottoms) if self.trims_all_bottoms else 1
         bottoms = list(io.bottoms)
         for i in range(count):
-            bottoms[i] = self._trim_value(graph, bottoms[i], p.bw_layer_in, p.fl_layer_in, compat)
+            bottoms[i] = self._trim_value(graph, bottoms[i], p.bw_layer_in, p.fl_layer_in, io.extra)
             if bottoms[i] != io.bottoms[i]:          # trimmed in place, in both builds
                 io.extra.setdefault("rebind", {})[i] = bottoms[i]
         params = self.trim_params(io.blobs, RunContext(compat, None))
@@ -115,7 +118,7 @@ class _RistrettoLayer:
         self.export_operation(graph, OnnxIO(bottoms, raw_tops, params, io.bottom_shapes,
                                             io.top_shapes, io.extra))
         for raw, top in zip(raw_tops, io.tops):
-            trimmed = self._trim_value(graph, raw, p.bw_layer_out, p.fl_layer_out, compat)
+            trimmed = self._trim_value(graph, raw, p.bw_layer_out, p.fl_layer_out, io.extra)
             graph.node("Identity", [trimmed], [top])
 
 

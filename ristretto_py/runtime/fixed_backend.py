@@ -8,8 +8,11 @@ by a shift, and shifts the sum to the output format with the layer's rounding an
 With per-channel weight lengths each output channel's accumulator has its own scale
 (fl_layer_in + that channel's length) and its own shift to the output format; an ACCUMULATOR
 bias is already at the accumulator's scale and is added without a shift.
-MAX pooling, ReLU, Eltwise and Concat work on mantissas (aligned to a common fractional length).
-Any other layer (AVE pooling, Softmax, Accuracy, ...) runs in float on the values. As in both of
+A stock layer with a format of its own (``layers.formats``: Pooling MAX and AVE, Eltwise,
+Concat, Scale, Bias, BatchNorm, ReLU, PReLU) runs that format's integer form. Without a format,
+MAX pooling, ReLU, Eltwise and Concat still work on mantissas (aligned to the largest
+fractional length, unbounded); any other layer (Softmax, Accuracy, a layer left in float) runs
+in float on the values. ``how`` records, per layer, which it was ("integer" or "float"). As in both of
 Ristretto's builds, a Ristretto layer's input is trimmed in place: later readers of the blob get
 its mantissas in the layer's input format (no array is written; the blob is rebound).
 
@@ -25,6 +28,7 @@ import numpy as np
 from .. import fixed_point as fx
 from ..errors import NetError, UnsupportedError
 from ..layers.base import RunContext, normalize_axis
+from ..layers import formats
 from ..layers.conv import im2col
 from ..layers.pooling import max_pool_integers
 from ..precision import DYNAMIC_FIXED_POINT
@@ -39,6 +43,9 @@ class LayerReport:
     values: int = 0
     float32_differs: int = 0
     overflows: int = 0
+
+
+INTEGER, FLOAT = "integer", "float"
 
 
 class FixedRuntime:
@@ -69,17 +76,28 @@ class FixedRuntime:
         self.net, self.compat, self.acc_bits, self.overflow = net, compat, acc_bits, overflow
         self.context = RunContext(compat, np.random.default_rng(seed))
         self.report = {}
+        self.how = {}            # layer name -> "integer" or "float", of the last run
+
+    def describe_how(self):
+        """One line saying which layers of the last run ran in integers and which in float."""
+        groups = {INTEGER: [], FLOAT: []}
+        for name, how in self.how.items():
+            groups[how].append(name)
+        floats = ", ".join(groups[FLOAT]) or "none"
+        return (f"fixed backend: {len(groups[INTEGER])} layers in integers, "
+                f"{len(groups[FLOAT])} in float ({floats})")
 
     def forward(self, inputs, observer=None):
         net = self.net
         values = {name: (array, None) for name, array in feed_inputs(net, inputs).items()}
-        self.report = {}
+        self.report, self.how = {}, {}
         for layer, impl in zip(net.layers, net.impls):
             if impl.is_source:
                 continue
             bottoms = [values[b] for b in layer.bottoms]
             given = list(bottoms)          # a Ristretto layer puts its trimmed inputs here
             tops = self._run(layer, impl, given)
+            self.how[layer.name] = INTEGER if all(fl is not None for _, fl in tops) else FLOAT
             _rebind(values, bottoms, given)
             for top, value in zip(layer.tops, tops):
                 values[top] = value
@@ -93,6 +111,8 @@ class FixedRuntime:
         if layer.type in INTEGER_TYPES:
             top, bottoms[0] = self._ristretto(layer, impl, bottoms[0])
             return [top]
+        if impl.layer_format is not None:
+            return formats.integer_forward(impl, bottoms, layer.blobs, self.compat)
         if fixed and layer.type == "ReLU" and impl.negative_slope == 0:
             m, fl = bottoms[0]
             return [(np.maximum(m, 0), fl)]

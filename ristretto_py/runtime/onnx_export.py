@@ -16,7 +16,9 @@ import onnx
 
 from ..errors import RistrettoError, UnsupportedError
 from ..layers.base import OnnxIO
-from .onnx_graph import OnnxGraph
+from .onnx_formats import export_formatted
+from .onnx_graph import OPSET, OnnxGraph
+from .onnx_trim import QDQ_OPSET
 
 # Layer types whose numpy forward returns its bottom's data (the same array or a reshape view).
 SHARES_DATA = ("Split", "Flatten", "Reshape", "Dropout")
@@ -34,10 +36,14 @@ class OnnxExport:
         return list(self.tail)
 
 
-def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compat="gpu"):
+def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compat="gpu",
+                quantized=None, param_values=None, extra=None):
     """Export ``net`` (with weights). ``all_blobs``: every named blob becomes a graph output
     (for comparisons and ``tools/forward``); else only the net outputs and the tail's inputs.
-    ``compat`` selects the Ristretto build whose trimming the Ristretto layers reproduce."""
+    ``compat`` selects the Ristretto build whose trimming the Ristretto layers reproduce.
+    ``quantized`` ("qdq", "qonnx") spells trimming as integer nodes and ``param_values(impl)``
+    gives each layer's parameter hook (see ``quantized_export``, which sets both); ``extra``
+    adds options every layer's ``io.extra`` carries."""
     shapes = net.shapes()
     in_tail = _tail_layers(net, compat)
     if in_tail and not allow_tail:
@@ -76,10 +82,16 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
                 name = graph.unique(f"{top}@{layer.name}")
             tops.append(name)
         bottom_shapes, top_shapes = net.layer_shapes(layer.name)
-        io = OnnxIO(bottoms, tops, list(layer.blobs), bottom_shapes, top_shapes,
-                    extra={"compat": compat})
+        options = dict(extra or {}, compat=compat, quantized=quantized)
+        hook = param_values(impl) if param_values is not None else None
+        if hook is not None:
+            options["param_value"] = hook
+        io = OnnxIO(bottoms, tops, list(layer.blobs), bottom_shapes, top_shapes, extra=options)
         try:
-            impl.export_onnx(graph, io)
+            if impl.layer_format is not None:
+                export_formatted(impl, graph, io)
+            else:
+                impl.export_onnx(graph, io)
         except RistrettoError as exc:
             raise exc.with_context(path=net.source, layer=layer.name)
         for index, value in io.extra.get("rebind", {}).items():
@@ -102,7 +114,8 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
             shape = (None,) + tuple(shape[1:])
         outputs[blob] = current[blob]
         graph_outputs.append((current[blob], shape))
-    model = graph.build(graph_inputs, graph_outputs, name=net.name or "net")
+    opset = QDQ_OPSET if quantized == "qdq" else OPSET
+    model = graph.build(graph_inputs, graph_outputs, name=net.name or "net", opset=opset)
     onnx.checker.check_model(model)
     return OnnxExport(model, outputs, in_tail)
 

@@ -17,6 +17,7 @@ class OnnxGraph:
         self._used = set()
         self._counter = itertools.count()
         self.shapes = shapes or {}   # ONNX value name -> static shape (batch as exported)
+        self.domains = []            # extra opset imports (custom domains, e.g. QONNX's)
 
     def reserve(self, name):
         self._used.add(name)
@@ -35,24 +36,36 @@ class OnnxGraph:
         self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
         return name
 
+    def typed_constant(self, values, onnx_type, hint="const", dims=None):
+        """An initializer of ONNX element type ``onnx_type`` (e.g. INT4, which numpy has no
+        dtype for) from integer ``values``; return its value name."""
+        name = self.unique(hint)
+        values = np.asarray(values)
+        dims = list(values.shape) if dims is None else list(dims)
+        self.initializers.append(helper.make_tensor(name, onnx_type, dims,
+                                                    values.astype(np.int64).ravel().tolist()))
+        return name
+
     def scalar(self, value, dtype=np.float32):
         return self.constant(np.asarray(value, dtype=dtype), "scalar", dtype)
 
     def ints(self, values, hint="ints"):
         return self.constant(np.asarray(values, dtype=np.int64), hint, np.int64)
 
-    def node(self, op_type, inputs, outputs=None, **attrs):
-        """Add a node; ``outputs`` defaults to one fresh name. Returns the output names."""
+    def node(self, op_type, inputs, outputs=None, domain=None, **attrs):
+        """Add a node (of the custom opset ``domain`` if given); ``outputs`` defaults to one
+        fresh name. Returns the output names."""
         if outputs is None:
             outputs = [self.unique(op_type.lower())]
         elif isinstance(outputs, int):
             outputs = [self.unique(op_type.lower()) for _ in range(outputs)]
         outputs = list(outputs)
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
-                                           name=self.unique("n_" + op_type), **attrs))
+                                           name=self.unique("n_" + op_type), domain=domain,
+                                           **attrs))
         return outputs
 
-    def build(self, inputs, outputs, name="ristretto_py"):
+    def build(self, inputs, outputs, name="ristretto_py", opset=OPSET):
         """``inputs``/``outputs``: lists of (name, shape) with None for a dynamic dim."""
         def info(entry):
             value_name, shape = entry
@@ -61,6 +74,6 @@ class OnnxGraph:
         graph = helper.make_graph(self.nodes, name, [info(i) for i in inputs],
                                   [info(o) for o in outputs], self.initializers)
         model = helper.make_model(graph, producer_name="ristretto-py",
-                                  opset_imports=[helper.make_opsetid("", OPSET)])
-        model.ir_version = min(model.ir_version, 8)
+                                  opset_imports=[helper.make_opsetid("", opset)] + self.domains)
+        model.ir_version = min(model.ir_version, 8 if opset <= 17 else 10)
         return model

@@ -14,10 +14,94 @@ onnxruntime backend gives the same values as ``ristretto_py.numerics`` bit for b
 
 Stochastic rounding and the CPU build's mini-float early exit have no ONNX form: layers that use
 them run in numpy (the export's tail).
+
+The quantized exports spell the same dynamic-fixed-point trimming as integer-typed nodes:
+* QDQ (``quantized="qdq"``): ``QuantizeLinear`` -> ``DequantizeLinear`` with scale 2^-fl and
+  zero point 0 in INT4 (opset 21), INT8 or INT16, the narrowest that holds the width. A width
+  between those types is clipped first to its exact float bounds (a multiple of the scale), so
+  that rounding and saturation give the narrower width's values. QuantizeLinear rounds half to
+  even: the GPU build's NEAREST. Widths of 1 or above 16 have no QDQ form.
+* QONNX (``quantized="qonnx"``): see ``qonnx_nodes``.
 """
 import numpy as np
+from onnx import TensorProto
 
 from .. import numerics
+from ..errors import UnsupportedError
+
+QDQ_OPSET = 21
+# (largest width, ONNX element type) of QuantizeLinear's signed integer outputs.
+QDQ_TYPES = ((4, TensorProto.INT4), (8, TensorProto.INT8), (16, TensorProto.INT16))
+# Signed type -> (its unsigned twin, the zero point that centres it).
+UNSIGNED = {TensorProto.INT4: (TensorProto.UINT4, 8), TensorProto.INT8: (TensorProto.UINT8, 128)}
+QDQ_TYPE_NAMES = {TensorProto.INT4: "int4", TensorProto.INT8: "int8", TensorProto.INT16: "int16",
+                  TensorProto.INT32: "int32"}
+
+
+def trim(graph, value, bit_width, fractional_length, extra):
+    """Dynamic-fixed-point trimming of ``value`` in the export's form (``extra["quantized"]``:
+    None for the float chain, "qdq" or "qonnx"); returns the new value name."""
+    mode = extra.get("quantized")
+    compat = extra.get("compat", "gpu")
+    if mode == "qdq":
+        return qdq(graph, value, bit_width, fractional_length,
+                   extra.get("qdq_activations", "signed"))
+    if mode == "qonnx":
+        from .qonnx_nodes import int_quant
+        return int_quant(graph, value, bit_width, fractional_length, compat)
+    return fixed_point(graph, value, bit_width, fractional_length, compat)
+
+
+def qdq_type(bit_width):
+    """The ONNX integer type QDQ stores a ``bit_width``-bit signed value in."""
+    if bit_width < 2:
+        raise UnsupportedError(f"a {bit_width}-bit format has no QDQ form (QuantizeLinear's "
+                               "narrowest signed type, int4, holds 2 to 4 bits)")
+    for widest, onnx_type in QDQ_TYPES:
+        if bit_width <= widest:
+            return onnx_type
+    raise UnsupportedError(f"a {bit_width}-bit format has no QDQ form (QuantizeLinear's widest "
+                           "integer type is int16)")
+
+
+def qdq(graph, value, bit_width, fractional_length, activations="signed"):
+    """QuantizeLinear -> DequantizeLinear of ``value`` at (bit_width, fractional_length).
+
+    ``activations="unsigned"`` stores widths up to 8 bits as uint4/uint8 with the zero point
+    at the middle of the type (8 or 128): the same values (q - zero point = the signed
+    mantissa), and the form onnxruntime fuses into its integer kernels on x86 CPUs without
+    VNNI, where it refuses signed activations."""
+    onnx_type = qdq_type(bit_width)
+    if bit_width not in (4, 8, 16):
+        low, high = numerics.fixed_point_bounds(bit_width, fractional_length)
+        value = graph.node("Clip", [value, graph.scalar(low), graph.scalar(high)])[0]
+    scale = graph.scalar(2.0 ** -fractional_length)
+    if activations == "unsigned" and onnx_type in UNSIGNED:
+        unsigned, middle = UNSIGNED[onnx_type]
+        zero = graph.typed_constant(np.asarray(middle), unsigned, "zero_point")
+        quantized = graph.node("QuantizeLinear", [value, scale, zero])[0]
+        return graph.node("DequantizeLinear", [quantized, scale, zero])[0]
+    # No zero-point input (0 by default): the type comes from ``output_dtype``. onnxruntime 1.32's
+    # QDQ propagation mis-types the Q it copies across a Reshape when a signed zero point is given.
+    quantized = graph.node("QuantizeLinear", [value, scale], output_dtype=onnx_type)[0]
+    return graph.node("DequantizeLinear", [quantized, scale])[0]
+
+
+def dequantized_constant(graph, mantissas, bit_width, fractional_length, axis, hint,
+                         onnx_type=None):
+    """An integer initializer of ``mantissas`` and its DequantizeLinear at scale 2^-fl (a
+    vector of lengths: per axis ``axis``); returns the float value name."""
+    onnx_type = onnx_type or qdq_type(bit_width)
+    stored = graph.typed_constant(mantissas, onnx_type, hint)
+    lengths = np.asarray(fractional_length)
+    if lengths.ndim:
+        lengths = lengths.reshape(-1)
+        scale = graph.constant(np.exp2(-lengths.astype(np.float64)).astype(np.float32), "scale")
+        zero = graph.typed_constant(np.zeros(lengths.size, np.int64), onnx_type, "zero_point")
+        return graph.node("DequantizeLinear", [stored, scale, zero], axis=axis)[0]
+    scale = graph.scalar(2.0 ** -float(lengths))
+    zero = graph.typed_constant(np.asarray(0), onnx_type, "zero_point")
+    return graph.node("DequantizeLinear", [stored, scale, zero])[0]
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 _MIN_EXP, _MAX_EXP = -126, 127       # exponents of normal float32 numbers
