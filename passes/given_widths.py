@@ -102,12 +102,13 @@ def apply_widths(quantizer, widths):
                                          "Parameters_and_Activations", values["conv_params"],
                                          values["fc_params"], values["activations"],
                                          values["activations"])
+        param = quantizer.with_stock_formats(param, values["activations"], values["conv_params"])
         chosen = dict(values)
     else:
         unknown = sorted(set(values) - set(lengths))
         if unknown:
-            raise NetError(f"--widths names {', '.join(unknown)}, not a Convolution or "
-                           f"InnerProduct layer of the net (those are {', '.join(lengths)})",
+            raise NetError(f"--widths names {', '.join(unknown)}, not a layer the search "
+                           f"quantizes (those are {', '.join(lengths)})",
                            path=quantizer.model_path)
         param = edit.per_layer_dynamic_fixed_point(quantizer.param, lengths, values)
         chosen = {name: {"weights": w, "activations": a} for name, (w, a) in values.items()}

@@ -17,6 +17,13 @@ lies below 2^(il-1): clamping costs it less than one quantization step, no more 
 does. It also counts the bias in the parameter range, unless the bias has a format of its own
 (``count_bias=False``: ristretto-py's ACCUMULATOR bias).
 
+With ``stock=True`` (``tools/quantize --all_layers``) the stock layers that take a format
+(``layers.formats``: Pooling, Eltwise, Concat, Scale, Bias, BatchNorm, ReLU, PReLU) are measured
+too, always as they run (the largest |x| over all their bottoms, of their top, and of their
+operands, the values their format trims to ``bw_params``); Ristretto never saw them, so its
+after-the-pass reading has nothing to reproduce. A range that stays 0 (a layer dead on the
+data, an all-zero bias) reads as 1, so that its format is well defined.
+
 Per output channel (``channel_integer_lengths``), the same two rules apply to each channel's
 largest |weight| (``LayerRange.max_weights_channel``, over the weights' output-channel axis:
 axis 0 of Convolution and InnerProduct weights, axis 1 with ``transpose``). A channel whose
@@ -72,11 +79,13 @@ def reads_after_forward(rule):
     return rule == "ristretto"
 
 
-def analyze_ranges(net, batches, rule="ristretto", progress=False):
+def analyze_ranges(net, batches, rule="ristretto", progress=False, stock=False):
     """LayerRange per Convolution/InnerProduct layer of ``net`` (in net order) over ``batches``,
-    read as integer-length ``rule`` asks (see the module docstring)."""
+    read as integer-length ``rule`` asks (see the module docstring); with ``stock``, the
+    formattable stock layers too."""
     after_forward = reads_after_forward(rule)
     ranges = {}
+    stock_entries = _stock_entries(net) if stock else {}
     for layer in net.layers:
         if layer.type in RANGED_TYPES:
             weights = layer.blobs[0] if layer.blobs else np.zeros(0)
@@ -94,6 +103,10 @@ def analyze_ranges(net, batches, rule="ristretto", progress=False):
         if entry is not None and not after_forward:
             entry.max_in = max(entry.max_in, _max_abs(bottoms[0]))
             entry.max_out = max(entry.max_out, _max_abs(tops[0]))
+        entry = stock_entries.get(layer.name)
+        if entry is not None:
+            entry.max_in = max([entry.max_in] + [_max_abs(b) for b in bottoms])
+            entry.max_out = max(entry.max_out, _max_abs(tops[0]))
 
     runtime = NumpyRuntime(net)
     for batch in show_progress(batches, "range analysis (TRAIN net)", "batch", progress):
@@ -104,7 +117,31 @@ def analyze_ranges(net, batches, rule="ristretto", progress=False):
                 if entry is not None:
                     entry.max_in = max(entry.max_in, _max_abs(blobs[layer.bottoms[0]]))
                     entry.max_out = max(entry.max_out, _max_abs(blobs[layer.tops[0]]))
+    ranges.update(stock_entries)
     return ranges
+
+
+def _stock_entries(net):
+    """Empty LayerRanges of the formattable stock layers, their operand maxima filled in."""
+    from ristretto_py.layers.formats import FORMATTED_TYPES, operands
+    entries = {}
+    for layer, impl in zip(net.layers, net.impls):
+        if layer.type in FORMATTED_TYPES and not (layer.type == "Pooling" and impl.method == "STOCHASTIC"):
+            values = [np.abs(np.ravel(op)) for op in operands(impl, layer.blobs)]
+            largest = max((float(v.max()) for v in values if v.size), default=0.0)
+            entries[layer.name] = LayerRange(layer.name, layer.type, max_weights=largest)
+    return entries
+
+
+def stock_integer_lengths(entry, rule="ristretto"):
+    """(il_in, il_out, il_params) of a stock layer's range: ``integer_lengths`` with a range
+    of 0 read as 1 (see the module docstring)."""
+    def alive(value):
+        return value if value > 0 else 1.0
+    return integer_lengths(dataclasses.replace(entry, max_in=alive(entry.max_in),
+                                               max_out=alive(entry.max_out),
+                                               max_weights=alive(entry.max_weights)),
+                           rule, count_bias=False)
 
 
 def _log2(value, what, layer):

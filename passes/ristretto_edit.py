@@ -19,6 +19,8 @@ import dataclasses
 from ristretto_py.errors import NetError
 from ristretto_py.protos import caffe_pb2
 
+from ristretto_py.layers.formats import FORMATTED_TYPES
+
 from .ranges import RULES, channel_integer_lengths, weight_integer_length
 
 Q = caffe_pb2.QuantizationParameter
@@ -136,6 +138,9 @@ def per_layer_dynamic_fixed_point(param, lengths, widths):
             continue
         bw_params, bw_act = widths[layer.name]
         il = _lengths(lengths, layer)
+        if layer.type in FORMATTED_TYPES:
+            _stock_format(layer, il, bw_act, bw_params)
+            continue
         layer.type = CONV if "Convolution" in layer.type else FC
         q = layer.quantization_param
         if bw_params is not None:
@@ -144,6 +149,30 @@ def per_layer_dynamic_fixed_point(param, lengths, widths):
             q.bw_layer_in, q.fl_layer_in = bw_act, bw_act - il.layer_in
             q.bw_layer_out, q.fl_layer_out = bw_act, bw_act - il.layer_out
     return edited
+
+
+def stock_formats(param, lengths, bw_act, bw_params=None):
+    """A copy whose formattable stock layers (``layers.formats``; those with an entry in
+    ``lengths``) get a dynamic-fixed-point ``quantization_param``: inputs and outputs at
+    ``bw_act`` bits, operands at ``bw_params`` (None: 32 bits), fractional lengths from the
+    layer's integer lengths. ristretto-py's ``--all_layers``; the types stay stock ones."""
+    edited = _copy(param)
+    for layer in edited.layer:
+        if layer.type in FORMATTED_TYPES and layer.name in lengths:
+            _stock_format(layer, lengths[layer.name], bw_act, bw_params)
+    return edited
+
+
+def _stock_format(layer, il, bw_act, bw_params):
+    q = layer.quantization_param
+    if bw_act is not None:
+        q.bw_layer_in, q.fl_layer_in = bw_act, bw_act - il.layer_in
+        q.bw_layer_out, q.fl_layer_out = bw_act, bw_act - il.layer_out
+    elif not q.HasField("bw_layer_in"):
+        q.bw_layer_in, q.fl_layer_in = 32, 32 - il.layer_in
+        q.bw_layer_out, q.fl_layer_out = 32, 32 - il.layer_out
+    bits = bw_params if bw_params is not None else (q.bw_params if q.HasField("bw_params") else 32)
+    q.bw_params, q.fl_params = bits, bits - il.params
 
 
 BIAS_CHOICES = ("shared", "int32")

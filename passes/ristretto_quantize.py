@@ -73,7 +73,7 @@ class RistrettoQuantizer:
     def __init__(self, model, weights, iterations, trimming_mode, error_margin,
                  backend="numpy", compat="gpu", integer_length="ristretto", score_blob=None,
                  seed=0, progress=True, net_param=None, measure=None, data=None,
-                 calibration=None, formats=None):
+                 calibration=None, formats=None, all_layers=False):
         if trimming_mode not in MODES + ("kmeans", "hwce"):
             raise ValueError(f"trimming mode must be one of {MODES}, not {trimming_mode!r}")
         if iterations < 1:
@@ -89,6 +89,9 @@ class RistrettoQuantizer:
         self.score_blob = score_blob
         self.measure = measure if measure is not None else AccuracyScore(score_blob, error_margin)
         self.formats = dict(formats or {})
+        if all_layers and trimming_mode != "dynamic_fixed_point":
+            raise ValueError("formats for every layer (--all_layers) are dynamic fixed point")
+        self.all_layers = bool(all_layers)
         self.progress = progress
         self.forward_passes = 0
         self._test_batches, self._calibration = data, calibration
@@ -179,10 +182,22 @@ class RistrettoQuantizer:
             self.forward_passes += len(batches)
             # The reading follows the integer-length rule: "ristretto" reads as both builds do.
             self._ranges = range_analysis.analyze_ranges(train_net, batches, rule=self.rule,
-                                                         progress=self.progress)
-            self._lengths = {name: edit.IntegerLengths(*range_analysis.integer_lengths(entry, self.rule))
+                                                         progress=self.progress,
+                                                         stock=self.all_layers)
+            self._lengths = {name: edit.IntegerLengths(*self._integer_lengths(entry))
                              for name, entry in self._ranges.items()}
         return self._ranges, self._lengths
+
+    def _integer_lengths(self, entry):
+        if entry.type in range_analysis.RANGED_TYPES:
+            return range_analysis.integer_lengths(entry, self.rule)
+        return range_analysis.stock_integer_lengths(entry, self.rule)
+
+    def with_stock_formats(self, param, bw_act, bw_params=None):
+        """``param`` with the stock layers' formats when ``all_layers`` (else unchanged)."""
+        if not self.all_layers:
+            return param
+        return edit.stock_formats(param, self._lengths, bw_act, bw_params)
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
@@ -217,11 +232,12 @@ class RistrettoQuantizer:
             p, lengths, "Convolution", "Parameters", bw_conv=b)))
         fc, bw_fc = self._halvings("fc_params", baseline, lambda b: fmt(edit.dynamic_fixed_point(
             p, lengths, "InnerProduct", "Parameters", bw_fc=b)))
-        act, bw_act = self._halvings("activations", baseline, lambda b: fmt(edit.dynamic_fixed_point(
-            p, lengths, "Convolution_and_InnerProduct", "Activations", bw_in=b, bw_out=b)))
-        final = fmt(edit.dynamic_fixed_point(p, lengths, "Convolution_and_InnerProduct",
-                                             "Parameters_and_Activations", bw_conv, bw_fc, bw_act,
-                                             bw_act))
+        stock = self.with_stock_formats
+        act, bw_act = self._halvings("activations", baseline, lambda b: stock(fmt(edit.dynamic_fixed_point(
+            p, lengths, "Convolution_and_InnerProduct", "Activations", bw_in=b, bw_out=b)), b))
+        final = stock(fmt(edit.dynamic_fixed_point(p, lengths, "Convolution_and_InnerProduct",
+                                                   "Parameters_and_Activations", bw_conv, bw_fc,
+                                                   bw_act, bw_act)), bw_act, bw_conv)
         score = self.evaluate(final, "dynamic fixed point net")
         chosen = {"conv_params": bw_conv, "fc_params": bw_fc, "activations": bw_act}
         return QuantizeResult(self.mode, float(baseline), conv + fc + act, chosen, float(score),

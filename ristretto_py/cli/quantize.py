@@ -67,6 +67,11 @@ def build_parser():
     parser.add_argument("--per_channel", action="store_true",
                         help="dynamic fixed point: one fractional length per output channel of "
                              "the weights (for folded BatchNorm, whose channels differ by orders)")
+    parser.add_argument("--all_layers", action="store_true",
+                        help="dynamic fixed point: also give Pooling, Eltwise, Concat, Scale, "
+                             "Bias, BatchNorm, ReLU and PReLU layers a format (activations at "
+                             "the activation width, their operands at the conv weight width), "
+                             "so that the whole net runs in integers (--backend fixed, QDQ)")
     parser.add_argument("--widths", metavar="SPEC",
                         help="no search: quantize at these widths and score: conv=8,fc=8,act=8 "
                              "(every layer), conv1=8/8,ip1=4/8 (per layer: weights/activations) "
@@ -112,7 +117,7 @@ def quantize_main(argv=None):
         args.bias = "int32" if args.integer_length == "safe" else "shared"
     for flag, used in (("--search per_layer", args.search == "per_layer"),
                        ("--widths", args.widths), ("--per_channel", args.per_channel),
-                       ("--bias int32", args.bias == "int32")):
+                       ("--bias int32", args.bias == "int32"), ("--all_layers", args.all_layers)):
         if used and args.trimming_mode != "dynamic_fixed_point":
             raise RistrettoError(f"{flag} works on --trimming_mode dynamic_fixed_point")
     if args.finetune and (args.trimming_mode != "dynamic_fixed_point" or
@@ -239,7 +244,7 @@ def make_quantizer(args, mode):
         backend=args.backend, compat=args.compat, integer_length=args.integer_length,
         score_blob=args.score_blob, seed=args.seed, progress=not args.quiet,
         net_param=search_param(args.model, args.data, args.batch_size or 100, args.data_scale,
-                               args.data_mean), formats=formats)
+                               args.data_mean), formats=formats, all_layers=args.all_layers)
     carrying = [l.name for l in quantizer.param.layer if l.HasField("weight_quantization_param")]
     if carrying:
         raise RistrettoError(f"{args.model}: layer {carrying[0]} carries a training-time weight "
@@ -254,7 +259,8 @@ def settings(args, *extra):
     """The flags a report records."""
     names = ("model", "weights", "trimming_mode", "search", "iterations", "error_margin",
              "backend", "compat", "integer_length", "bias", "per_channel", "seed", "data",
-             "images", "calibration_data", "score", "score_blob", "max_distance", "widths") + extra
+             "images", "calibration_data", "score", "score_blob", "max_distance", "widths",
+             "all_layers") + extra
     return {name: getattr(args, name) for name in names}
 
 

@@ -18,6 +18,9 @@ class OnnxGraph:
         self._counter = itertools.count()
         self.shapes = shapes or {}   # ONNX value name -> static shape (batch as exported)
         self.domains = []            # extra opset imports (custom domains, e.g. QONNX's)
+        # value name -> (bit width, fractional length) of values a quantized export knows to be
+        # on a fixed-point grid (a DequantizeLinear's output, or an Identity of one)
+        self.formats = {}
 
     def reserve(self, name):
         self._used.add(name)
@@ -60,6 +63,8 @@ class OnnxGraph:
         elif isinstance(outputs, int):
             outputs = [self.unique(op_type.lower()) for _ in range(outputs)]
         outputs = list(outputs)
+        if op_type == "Identity" and inputs[0] in self.formats:
+            self.formats[outputs[0]] = self.formats[inputs[0]]
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs,
                                            name=self.unique("n_" + op_type), domain=domain,
                                            **attrs))

@@ -72,6 +72,15 @@ def qdq(graph, value, bit_width, fractional_length, activations="signed"):
     mantissa), and the form onnxruntime fuses into its integer kernels on x86 CPUs without
     VNNI, where it refuses signed activations."""
     onnx_type = qdq_type(bit_width)
+    known = graph.formats.get(value)
+    if known is not None and _contains((bit_width, fractional_length), known):
+        return value                   # already on a grid the format holds: trimming is exact
+    if known is not None:
+        # A requantization: DequantizeLinear -> QuantizeLinear. onnxruntime's
+        # DoubleQDQPairsRemover would merge the two pairs into one at a recomputed scale, which
+        # rounds differently; a no-op Max at the new format's lower bound keeps them apart.
+        low = numerics.fixed_point_bounds(bit_width, fractional_length)[0]
+        value = graph.node("Max", [value, graph.scalar(low)])[0]
     if bit_width not in (4, 8, 16):
         low, high = numerics.fixed_point_bounds(bit_width, fractional_length)
         value = graph.node("Clip", [value, graph.scalar(low), graph.scalar(high)])[0]
@@ -80,11 +89,21 @@ def qdq(graph, value, bit_width, fractional_length, activations="signed"):
         unsigned, middle = UNSIGNED[onnx_type]
         zero = graph.typed_constant(np.asarray(middle), unsigned, "zero_point")
         quantized = graph.node("QuantizeLinear", [value, scale, zero])[0]
-        return graph.node("DequantizeLinear", [quantized, scale, zero])[0]
-    # No zero-point input (0 by default): the type comes from ``output_dtype``. onnxruntime 1.32's
-    # QDQ propagation mis-types the Q it copies across a Reshape when a signed zero point is given.
-    quantized = graph.node("QuantizeLinear", [value, scale], output_dtype=onnx_type)[0]
-    return graph.node("DequantizeLinear", [quantized, scale])[0]
+        result = graph.node("DequantizeLinear", [quantized, scale, zero])[0]
+    else:
+        # No zero-point input (0 by default): the type comes from ``output_dtype``.
+        # onnxruntime 1.32's QDQ propagation mis-types the Q it copies across a Reshape when a
+        # signed zero point is given.
+        quantized = graph.node("QuantizeLinear", [value, scale], output_dtype=onnx_type)[0]
+        result = graph.node("DequantizeLinear", [quantized, scale])[0]
+    graph.formats[result] = (bit_width, fractional_length)
+    return result
+
+
+def _contains(outer, inner):
+    """Whether every value of fixed-point format ``inner`` (bw, fl) is one of ``outer``."""
+    (bw_o, fl_o), (bw_i, fl_i) = outer, inner
+    return fl_o >= fl_i and bw_o - fl_o >= bw_i - fl_i
 
 
 def dequantized_constant(graph, mantissas, bit_width, fractional_length, axis, hint,
