@@ -163,6 +163,26 @@ def stock_formats(param, lengths, bw_act, bw_params=None):
     return edited
 
 
+def aligned_lengths(param, lengths):
+    """``lengths`` where every Eltwise and Concat and the layers writing their inputs agree on
+    one integer length: the largest of the Eltwise's input length and its writers' output
+    lengths. An accelerator's producers then write the aligned format directly, and no
+    requantization sits between them (``--all_layers``); the integer lengths only grow, so no
+    range saturates more than before."""
+    lengths = dict(lengths)
+    writer = {}
+    for layer in param.layer:
+        if layer.type in ("Eltwise", "Concat") and layer.name in lengths:
+            writers = [writer[b] for b in layer.bottom if writer.get(b) in lengths]
+            common = max([lengths[layer.name].layer_in] + [lengths[w].layer_out for w in writers])
+            lengths[layer.name] = dataclasses.replace(lengths[layer.name], layer_in=common)
+            for name in writers:
+                lengths[name] = dataclasses.replace(lengths[name], layer_out=common)
+        for top in layer.top:
+            writer[top] = layer.name
+    return lengths
+
+
 def _stock_format(layer, il, bw_act, bw_params):
     q = layer.quantization_param
     if bw_act is not None:

@@ -186,6 +186,8 @@ class RistrettoQuantizer:
                                                          stock=self.all_layers)
             self._lengths = {name: edit.IntegerLengths(*self._integer_lengths(entry))
                              for name, entry in self._ranges.items()}
+            if self.all_layers:
+                self._lengths = edit.aligned_lengths(self.param, self._lengths)
         return self._ranges, self._lengths
 
     def _integer_lengths(self, entry):

@@ -16,9 +16,8 @@ import onnx
 
 from ..errors import RistrettoError, UnsupportedError
 from ..layers.base import OnnxIO
-from .onnx_formats import export_formatted
-from .onnx_graph import OPSET, OnnxGraph
-from .onnx_trim import QDQ_OPSET
+from .onnx_formats import export_formatted, integer_relu
+from .onnx_graph import OnnxGraph
 
 # Layer types whose numpy forward returns its bottom's data (the same array or a reshape view).
 SHARES_DATA = ("Split", "Flatten", "Reshape", "Dropout")
@@ -90,6 +89,8 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
         try:
             if impl.layer_format is not None:
                 export_formatted(impl, graph, io)
+            elif (relu := integer_relu(impl, graph, io.bottoms, io.extra)) is not None:
+                graph.node("Identity", [relu], io.tops)
             else:
                 impl.export_onnx(graph, io)
         except RistrettoError as exc:
@@ -114,8 +115,7 @@ def export_onnx(net, all_blobs=False, dynamic_batch=True, allow_tail=True, compa
             shape = (None,) + tuple(shape[1:])
         outputs[blob] = current[blob]
         graph_outputs.append((current[blob], shape))
-    opset = QDQ_OPSET if quantized == "qdq" else OPSET
-    model = graph.build(graph_inputs, graph_outputs, name=net.name or "net", opset=opset)
+    model = graph.build(graph_inputs, graph_outputs, name=net.name or "net", opset=graph.opset)
     onnx.checker.check_model(model)
     return OnnxExport(model, outputs, in_tail)
 

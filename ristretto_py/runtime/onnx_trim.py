@@ -29,7 +29,8 @@ from onnx import TensorProto
 from .. import numerics
 from ..errors import UnsupportedError
 
-QDQ_OPSET = 21
+QDQ_OPSET = 19          # int8/uint8 QuantizeLinear with per-axis scales and output types
+QDQ_OPSET_NARROW = 21   # int4/uint4 and int16/uint16 need opset 21
 # (largest width, ONNX element type) of QuantizeLinear's signed integer outputs.
 QDQ_TYPES = ((4, TensorProto.INT4), (8, TensorProto.INT8), (16, TensorProto.INT16))
 # Signed type -> (its unsigned twin, the zero point that centres it).
@@ -50,6 +51,12 @@ def trim(graph, value, bit_width, fractional_length, extra):
         from .qonnx_nodes import int_quant
         return int_quant(graph, value, bit_width, fractional_length, compat)
     return fixed_point(graph, value, bit_width, fractional_length, compat)
+
+
+def _needs(graph, onnx_type):
+    """Raise the graph's opset to what QDQ of ``onnx_type`` needs."""
+    narrow = onnx_type in (TensorProto.INT4, TensorProto.UINT4, TensorProto.INT16, TensorProto.UINT16)
+    graph.opset = max(graph.opset, QDQ_OPSET_NARROW if narrow else QDQ_OPSET)
 
 
 def qdq_type(bit_width):
@@ -85,19 +92,35 @@ def qdq(graph, value, bit_width, fractional_length, activations="signed"):
         low, high = numerics.fixed_point_bounds(bit_width, fractional_length)
         value = graph.node("Clip", [value, graph.scalar(low), graph.scalar(high)])[0]
     scale = graph.scalar(2.0 ** -fractional_length)
+    # Explicit zero points: onnxruntime 1.32 types a missing one as uint8 when it fuses (e.g. into
+    # QLinearAdd), and in opset 21 its QDQ propagation across a Reshape gives the Q it copies a
+    # uint8 zero point, so int8 nets stay at opset 19 unless int4/int16 ask for 21.
+    middle = 0
     if activations == "unsigned" and onnx_type in UNSIGNED:
-        unsigned, middle = UNSIGNED[onnx_type]
-        zero = graph.typed_constant(np.asarray(middle), unsigned, "zero_point")
-        quantized = graph.node("QuantizeLinear", [value, scale, zero])[0]
-        result = graph.node("DequantizeLinear", [quantized, scale, zero])[0]
-    else:
-        # No zero-point input (0 by default): the type comes from ``output_dtype``.
-        # onnxruntime 1.32's QDQ propagation mis-types the Q it copies across a Reshape when a
-        # signed zero point is given.
-        quantized = graph.node("QuantizeLinear", [value, scale], output_dtype=onnx_type)[0]
-        result = graph.node("DequantizeLinear", [quantized, scale])[0]
-    graph.formats[result] = (bit_width, fractional_length)
+        onnx_type, middle = UNSIGNED[onnx_type]
+    _needs(graph, onnx_type)
+    zero = graph.typed_constant(np.asarray(middle), onnx_type, "zero_point")
+    quantized = graph.node("QuantizeLinear", [value, scale, zero])[0]
+    return _dequantized(graph, quantized, scale, zero, (bit_width, fractional_length))
+
+
+def _dequantized(graph, quantized, scale, zero, fmt):
+    result = graph.node("DequantizeLinear", [quantized, scale, zero])[0]
+    graph.formats[result] = fmt
+    graph.integers[result] = (quantized, scale, zero)
     return result
+
+
+def integer_relu(graph, value):
+    """ReLU of a QDQ value computed on its integers, ``Max(q, zero point)`` before the
+    DequantizeLinear (exact, and it keeps the format); None where ``value`` is not a
+    DequantizeLinear output of this export."""
+    known = graph.integers.get(value)
+    if known is None:
+        return None
+    quantized, scale, zero = known
+    clipped = graph.node("Max", [quantized, zero])[0]
+    return _dequantized(graph, clipped, scale, zero, graph.formats[value])
 
 
 def _contains(outer, inner):
@@ -111,6 +134,7 @@ def dequantized_constant(graph, mantissas, bit_width, fractional_length, axis, h
     """An integer initializer of ``mantissas`` and its DequantizeLinear at scale 2^-fl (a
     vector of lengths: per axis ``axis``); returns the float value name."""
     onnx_type = onnx_type or qdq_type(bit_width)
+    _needs(graph, onnx_type)
     stored = graph.typed_constant(mantissas, onnx_type, hint)
     lengths = np.asarray(fractional_length)
     if lengths.ndim:

@@ -16,21 +16,27 @@ Mini-float (``float_quant``): Ristretto's (e, m) format has no subnormals and us
 exponent codes for normal numbers, so its values are those of qonnx's FLOAT<e+1, m, bias+1>
 (bias = 2^(e-1) - 1) from the smallest normal 2^-bias up to ``max_val`` = (2 - 2^-m) * 2^(bias+1),
 Ristretto's largest value. The node is that ``FloatQuant`` (``ROUND``, has_subnormal=0,
-has_inf=0, has_nan=0, saturation=1). It matches ``trim_minifloat(..., "nearest", "gpu")`` on
-every other input; it differs exactly here (|x| as float32):
+has_inf=0, has_nan=0, saturation=1). Both round the mantissa half to even and saturate beyond
+the top binade alike; it equals ``trim_minifloat(..., "nearest", "gpu")`` everywhere except
+(|x| as float32; found by sweeping every float32 of the relevant binades):
 * |x| < 2^-bias: Ristretto gives 0. qonnx's executor ignores has_subnormal and rounds to the
-  subnormal grid 2^(-bias-m): nonzero for |x| > 2^(-bias-m-1), and 2^-bias for x just below it.
+  subnormal grid 2^(-bias-m): nonzero for |x| > 2^(-bias-m-1), and 2^-bias just below 2^-bias.
   (A backend that honours has_subnormal=0 by flushing before rounding would match.)
 * the mantissa carry at the top, |x| in [(2 - 2^-(m+1)) * 2^(bias+1), 2^(bias+2)): Ristretto's
   carry doubles the value to 2^(bias+2) without re-saturating; qonnx clamps it to ``max_val``.
-* m = 0, ties |x| = 1.5 * 2^k: Ristretto rounds the mantissa field half to even, i.e. down to
-  2^k; qonnx rounds the significand 1.5 to 2, i.e. up to 2^(k+1).
+* m = 0 only: ties |x| = 1.5 * 2^k, 2^-bias <= |x| < 2^(bias+1): Ristretto rounds the mantissa
+  field (0.5) to even, down to 2^k; qonnx rounds the significand 1.5 to 2, up to 2^(k+1). (The
+  tie 1.5 * 2^(bias+1) gives max_val in both, so it is not in the carry band for m = 0.)
+* m >= 18 only: qonnx finds the binade with float32 ``log2``, which rounds to k for some x just
+  below 2^k, so those few x round on the grid of the binade above (from m = 18 at e = 7, 19 at
+  e = 6, 20 at e = 5, 22 at e = 4, 23 at e = 3; none for m <= 17).
 * inf and NaN: Ristretto saturates them to +-max (NaN's sign kept); qonnx gives NaN.
 * signed zeros: qonnx keeps -0.0 where Ristretto writes +0.0 (equal as values).
-* formats whose scales leave float32 (e = 8: 2^(bias+2) overflows, 2^(-bias-m) underflows).
-The other choice, FLOAT<e, m, bias> with default max, states e exponent bits but also loses the
-lowest normal binade [2^-bias, 2^(1-bias)), which qonnx treats as subnormal at half precision;
-its data type (and so the bit counts of ``inference_cost``) is 1 bit narrower than the one here.
+e = 8 is refused: qonnx's scales leave float32 (2^(bias+2) overflows, 2^(-bias-m) underflows).
+No QONNX float type with e exponent bits holds Ristretto's values: qonnx reserves the lowest
+exponent code for subnormals. FLOAT<e, m, bias> would state the true width but also lose the
+lowest normal binade [2^-bias, 2^(1-bias)), rounded there at half Ristretto's precision. The type
+chosen here is 1 bit wider (so ``inference_cost`` counts 2 + e + m bits per value).
 
 Parameters: ``weight_constant`` stores trimmed weights as a float32 initializer followed by a
 Quant node of their format (one scale per channel along ``axis`` when the length is a vector),
@@ -68,8 +74,8 @@ def _scale(bit_width, fractional_length):
 
 def _quant(graph, value, bit_width, fractional_length, rounding_mode):
     if int(bit_width) != bit_width or bit_width < 2:
-        raise UnsupportedError(f"a {bit_width}-bit fixed-point format has no QONNX Quant form "
-                               "(qonnx makes a signed 1-bit Quant a bipolar +-1 sign)")
+        raise UnsupportedError(f"a {bit_width}-bit fixed-point format has no QONNX Quant form: "
+                               "it needs 2 bits or more (1 bit is qonnx's bipolar +-1 sign)")
     _use_domain(graph)
     inputs = [value, graph.constant(_scale(bit_width, fractional_length), "scale"),
               graph.scalar(0.0), graph.scalar(float(bit_width))]
