@@ -99,8 +99,8 @@ def check_quantizable(net, mode, compat):
             formatted += 1
             quantized.update(layer.tops)
         elif impl.layer_format is not None:
-            p = impl.layer_format
-            for name in ("bw_layer_in", "bw_layer_out", "bw_params"):
+            p = impl.layer_format          # operands stay exact float32 constants: any width
+            for name in ("bw_layer_in", "bw_layer_out"):
                 _check_width(getattr(p, name), name, mode, layer, refuse)
             formatted += 1
             quantized.update(layer.tops)
