@@ -65,7 +65,7 @@ def per_layer_search(quantizer, uniform_result, progress=False, max_weight_bits=
     config = {}
     for layer in net.layers:
         if layer.name in evaluator.layers:
-            bw = chosen["conv_params"] if layer.type == "Convolution" else chosen["fc_params"]
+            bw = chosen["fc_params"] if layer.type == "InnerProduct" else chosen["conv_params"]
             config[layer.name] = (min(bw, caps[0]), min(chosen["activations"], caps[1]))
     baseline = evaluator.score(evaluator.float_blobs)
     measure = quantizer.measure

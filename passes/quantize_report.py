@@ -11,6 +11,7 @@ import numpy as np
 
 from ristretto_py import numerics
 from ristretto_py.atomic import atomic_output, make_directory, write_text
+from ristretto_py.layers.formats import FORMATTED_TYPES, operands
 from ristretto_py.precision import (DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision,
                                     output_channel_axis)
 
@@ -22,9 +23,11 @@ STAGE_TITLES = {"conv_params": "Dynamic fixed point CONV weights",
 
 
 def layer_precisions(quantized):
-    """Layer name -> LayerPrecision of every Ristretto layer in a quantized NetParameter."""
+    """Layer name -> LayerPrecision of every Ristretto layer, and of every stock layer with a
+    format of its own (``--all_layers``), in a quantized NetParameter."""
     return {layer.name: LayerPrecision.from_proto(layer.quantization_param)
-            for layer in quantized.layer if layer.type in RISTRETTO_TYPES}
+            for layer in quantized.layer if layer.type in RISTRETTO_TYPES
+            or (layer.type in FORMATTED_TYPES and layer.HasField("quantization_param"))}
 
 
 def weight_bytes(net, precisions=None):
@@ -32,8 +35,12 @@ def weight_bytes(net, precisions=None):
     (weights and bias each at its own width, ``LayerPrecision.storage_bits``), plus one byte per
     output channel for per-channel weight lengths, as the cost model counts them."""
     total = 0
-    for layer in net.layers:
+    for layer, impl in zip(net.layers, net.impls):
         precision = (precisions or {}).get(layer.name)
+        if precision is not None and layer.type in FORMATTED_TYPES:     # its operands
+            count = sum(np.size(op) for op in operands(impl, layer.blobs))
+            total += math.ceil(count * precision.bw_params / 8)
+            continue
         weight_bits, bias_bits = (32, 32) if precision is None else precision.storage_bits()
         for index, blob in enumerate(layer.blobs):
             total += math.ceil(np.size(blob) * (weight_bits if index == 0 else bias_bits) / 8)
@@ -74,9 +81,15 @@ def parameter_saturation(net, precisions):
     dynamic fixed point each output channel's weights are checked against that channel's
     format (per-channel lengths) and the bias against its own (``bias_format``)."""
     shares = {}
-    for layer in net.layers:
+    for layer, impl in zip(net.layers, net.impls):
         p = precisions.get(layer.name)
         if p is None or not layer.blobs:
+            continue
+        if layer.type in FORMATTED_TYPES:
+            values = [np.ravel(op) for op in operands(impl, layer.blobs)]
+            if values:
+                values = np.concatenate(values)
+                shares[layer.name] = numerics.fixed_point_saturation(values, p.bw_params, p.fl_params)
             continue
         blobs = layer.blobs[:1] if p.precision == "integer_power_of_2_weights" else layer.blobs
         values = np.concatenate([np.ravel(b) for b in blobs])
@@ -147,9 +160,15 @@ def zeroed_weights(net, precisions):
     a shared format)."""
     from ristretto_py.layers.base import RunContext
     shares = {}
-    for layer in net.layers:
+    for layer, impl in zip(net.layers, net.impls):
         p = precisions.get(layer.name)
         if p is None or not layer.blobs:
+            continue
+        if layer.type in FORMATTED_TYPES:
+            values = [np.ravel(op) for op in operands(impl, layer.blobs)]
+            if values:
+                values = np.concatenate(values)
+                shares[layer.name] = numerics.fixed_point_saturation(values, p.bw_params, p.fl_params)
             continue
         weights = np.asarray(layer.blobs[0])
         nonzero = weights != 0

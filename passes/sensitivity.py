@@ -20,6 +20,8 @@ import numpy as np
 from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
+from ristretto_py.layers.formats import operands
+
 from . import ristretto_edit as edit
 
 QUANTIZED_TYPES = ("Convolution", "InnerProduct")
@@ -41,7 +43,12 @@ class CachedEvaluator:
         self.progress = progress
         self.batches = quantizer.test_batches()
         self.float_net = quantizer.build(quantizer.param)
-        self.layers = [l.name for l in self.float_net.layers if l.type in QUANTIZED_TYPES]
+        self.layers = [l.name for l in self.float_net.layers if l.type in QUANTIZED_TYPES
+                       or (getattr(quantizer, "all_layers", False) and l.name in lengths)]
+        # stock layers with nothing to trim but their activations (--all_layers)
+        self.no_weights = {l.name for l, impl in zip(self.float_net.layers, self.float_net.impls)
+                           if l.name in self.layers and l.type not in QUANTIZED_TYPES
+                           and not operands(impl, l.blobs)}
         self.index = {l.name: i for i, l in enumerate(self.float_net.layers)}
         self.points = sorted(self.index[name] for name in self.layers)
         self.measure.check(self.float_net)
@@ -109,7 +116,8 @@ class CachedEvaluator:
 def analyze(evaluator, widths=(16, 8, 6, 4, 2), parts=("weights", "activations")):
     """One row per (layer, part, width): that layer alone quantized, the rest float."""
     rows = []
-    steps = [(layer, part, bits) for layer in evaluator.layers for part in parts for bits in widths]
+    steps = [(layer, part, bits) for layer in evaluator.layers for part in parts for bits in widths
+             if not (part == "weights" and layer in evaluator.no_weights)]
     for layer, part, bits in show_progress(steps, "sensitivity", "config", evaluator.progress):
         config = {layer: (bits, None) if part == "weights" else (None, bits)}
         score, blobs, _ = evaluator.evaluate(config)

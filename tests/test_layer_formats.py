@@ -227,3 +227,52 @@ def test_formats_the_layer_cannot_hold_are_refused_by_name(text, message):
         _single(text)
     assert message in str(info.value)
     assert "'" in str(info.value) and "\n" not in str(info.value)
+
+
+# -- the quantize pass ------------------------------------------------------------------------
+def test_aligned_lengths_give_an_eltwise_and_its_writers_one_length():
+    from ristretto_py.passes.ristretto_edit import IntegerLengths, aligned_lengths
+    param = net_param(INPUT + """
+layer { name: "a" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "r" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "b" type: "Convolution" bottom: "data" top: "b" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+""")
+    lengths = {"a": IntegerLengths(1, 3, 0), "r": IntegerLengths(3, 2), "b": IntegerLengths(1, 5, 0),
+               "sum": IntegerLengths(4, 6)}
+    aligned = aligned_lengths(param, lengths)
+    # the writers of "a" and "b" as the Eltwise reads them are r (in place) and b: max(4, 2, 5)
+    assert aligned["sum"].layer_in == 5 and aligned["r"].layer_out == 5 and aligned["b"].layer_out == 5
+    assert aligned["a"] == lengths["a"] and aligned["sum"].layer_out == 6
+
+
+def test_quantize_all_layers_searches_and_writes_stock_formats(tmp_path, monkeypatch, capsys):
+    import pathlib
+    from ristretto_py.cli import quantize
+    root = pathlib.Path(__file__).resolve().parents[1]
+    example = root / "examples" / "lenet_fashion"
+    monkeypatch.chdir(root)
+    common = ["--model", str(example / "lenet_train_test.prototxt"),
+              "--weights", str(example / "lenet_fashion.caffemodel"),
+              "--trimming_mode", "dynamic_fixed_point", "--all_layers", "--iterations", "2",
+              "--error_margin", "1", "--quiet"]
+    uniform, per_layer = tmp_path / "u.prototxt", tmp_path / "p.prototxt"
+    assert quantize.main(common + ["--model_quantized", str(uniform)]) == 0
+    assert quantize.main(common + ["--model_quantized", str(per_layer), "--search", "per_layer"]) == 0
+    printed = capsys.readouterr().out
+    assert "pool1: no weights" in printed and "pool1: input" in printed
+    for path in (uniform, per_layer):
+        net = Net.load(path, example / "lenet_fashion.caffemodel")
+        formatted = {l.name for l, impl in zip(net.layers, net.impls) if impl.layer_format is not None}
+        assert formatted == {"pool1", "pool2", "relu1"}
+        runtime = FixedRuntime(net)
+        from ristretto_py.evaluators.classification import fetch_batches
+        runtime.forward(fetch_batches(net, 1, seed=0)[0])
+        assert {n for n, how in runtime.how.items() if how == "float"} == {"accuracy", "accuracy_top5", "loss"}
+    net = Net.load(uniform, example / "lenet_fashion.caffemodel")
+    conv2 = net.impls[[l.name for l in net.layers].index("conv2")].precision
+    assert net.impls[[l.name for l in net.layers].index("pool2")].layer_format.bw_layer_in == conv2.bw_layer_out
+    capsys.readouterr()
+    assert quantize.main(common[:4] + ["--trimming_mode", "minifloat", "--all_layers",
+                                       "--model_quantized", str(tmp_path / "m.prototxt")]) == 2
+    assert "--all_layers works on --trimming_mode dynamic_fixed_point" in capsys.readouterr().err

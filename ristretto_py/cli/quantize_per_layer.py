@@ -38,7 +38,9 @@ def run_per_layer(args):
           f"{uniform.chosen} -> {result.uniform_score:g}, {result.uniform_bytes:,} weight bytes")
     print("Per-layer widths (chosen in sensitivity order):")
     for name in evaluator.layers:
-        print(f"  {name}: {result.config[name][0]}-bit weights, {result.config[name][1]}-bit activations")
+        weights = ("no weights" if name in evaluator.no_weights
+                   else f"{result.config[name][0]}-bit weights")
+        print(f"  {name}: {weights}, {result.config[name][1]}-bit activations")
     print(f"Per-layer net: {result.score:g}, {result.bytes:,} weight bytes "
           f"({len(result.trials)} configurations tried)")
     print(reports.margin_verdict(result.baseline, result.score, quantizer.measure, ADVICE)[1])
