@@ -85,6 +85,9 @@ def _quantized(args, net):
         print(f"note: {note}")
     if args.quantized == "qdq":
         print(qe.describe_fusion(qe.onnxruntime_nodes(export.model)))
+        warning = qe.unsigned_saturation_note(net, args.qdq_activations)
+        if warning:
+            print(f"note: {warning}")
     if export.tail:
         layers = ", ".join(f"{net.layers[i].name} ({net.layers[i].type})" for i in export.tail)
         print(f"left to the numpy tail (not in the ONNX file): {layers}")

@@ -22,6 +22,12 @@ pooling, PReLU, leaky ReLU) but has none while it reads a quantized blob. Layers
 or select values (ReLU, MAX pooling, Split, Flatten, Reshape, Dropout) pass their input's
 format on; layers the user leaves in float (Softmax, ...) compute in float after the last
 DequantizeLinear.
+
+QONNX holds mini-float (``FloatQuant``; where its semantics differ from Ristretto's: see
+``qonnx_nodes``) and widths above 16 bits, and refuses the same layers as QDQ, the CPU build,
+1-bit widths (qonnx's signed 1-bit Quant is a bipolar sign) and mini-float exponents above 7
+bits. Its executor needs fixed shapes: export with ``dynamic_batch=False`` (``--static_batch``)
+to run the file in qonnx.
 """
 import collections
 import dataclasses
@@ -89,6 +95,17 @@ def check_quantizable(net, mode, compat):
         raise UnsupportedError("no QDQ form for the CPU build's rounding: QuantizeLinear rounds "
                                "ties to even, Ristretto's CPU build away from zero (use --compat "
                                "gpu)", path=net.source)
+    if mode == "qonnx" and compat != "gpu":
+        # Every layer the CPU build quantizes would be refused or left out: its fixed point
+        # rounds ties away from zero (qonnx's HALF_UP is not exact, see ``qonnx_nodes``), its
+        # mini-float has an early exit no node expresses (the export would leave the net to the
+        # numpy tail), and it does not trim a power-of-two layer's activations. Name the first.
+        for layer, impl in zip(net.layers, net.impls):
+            if (layer.type in RISTRETTO_MAC or layer.type == "LRNRistretto"
+                    or getattr(impl, "layer_format", None) is not None):
+                refuse(layer, "the CPU build's rounding has no QONNX node: qonnx's HALF_UP "
+                              "rounds 0.49999997 up to 1 (C round gives 0), and its mini-float "
+                              "has an early exit (use --compat gpu)")
     quantized, formatted = set(), 0
     for layer, impl in zip(net.layers, net.impls):
         if impl.is_source:
@@ -140,6 +157,9 @@ def _check_ristretto(layer, impl, mode, compat, refuse):
         if mode == "qdq":
             refuse(layer, "mini-float is not a uniform integer grid (QDQ's float8 types have "
                           "subnormals and NaN, Ristretto's mini-float neither)")
+        if p.exp_bits > 7:
+            refuse(layer, f"a {p.exp_bits}-bit mini-float exponent leaves float32 in qonnx's "
+                          "FloatQuant (its scales overflow or underflow); 7 bits at most")
         return
     if p.precision == POWER_OF_2 and compat != "gpu":
         refuse(layer, "the CPU build does not trim a power-of-two layer's activations")
@@ -150,7 +170,8 @@ def _check_ristretto(layer, impl, mode, compat, refuse):
 def _check_width(bits, name, mode, layer, refuse):
     if mode == "qonnx":
         if bits < 2:
-            refuse(layer, f"{name} is {bits} bit: a signed format needs 2")
+            refuse(layer, f"{name} is {bits} bit: qonnx reads a signed 1-bit Quant as a bipolar "
+                          "+-1 sign, not Ristretto's {-1, 0} * 2^-fl (2 bits at least)")
         return
     try:
         onnx_trim.qdq_type(bits)
@@ -243,6 +264,34 @@ class _QonnxParams:
 
 
 # -- what onnxruntime made of it ------------------------------------------------------------
+def cpu_has_vnni():
+    """Whether this CPU has AVX-512 VNNI or AVX-VNNI (None where /proc/cpuinfo cannot say)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni"})
+    except OSError:
+        return None
+    return None
+
+
+def unsigned_saturation_note(net, activations):
+    """A warning line where onnxruntime's u8s8 kernels may saturate: on x86 CPUs without VNNI
+    they add pairs of uint8 x int8 products in 16 bits with saturation, which 8-bit weights
+    against uint8 activations can exceed (7-bit weights cannot); None otherwise."""
+    if activations != "unsigned" or cpu_has_vnni():
+        return None
+    wide = [l.name for l, impl in zip(net.layers, net.impls) if l.type in RISTRETTO_MAC
+            and impl.precision.precision == DYNAMIC_FIXED_POINT and impl.precision.bw_params >= 8]
+    if not wide:
+        return None
+    return (f"onnxruntime's uint8 x int8 kernels on this CPU (no VNNI) add pairs of products in "
+            f"16 bits with saturation: with 8-bit weights ({', '.join(wide[:3])}"
+            f"{', ...' if len(wide) > 3 else ''}) some sums can differ from the fixed backend; "
+            "7-bit weights, or --qdq_activations signed, keep every value exact")
+
 def onnxruntime_nodes(model):
     """Counter of the operator types in the graph onnxruntime runs after its optimisations
     (QDQ fusion among them), read back from the optimised model it saves."""
