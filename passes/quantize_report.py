@@ -12,6 +12,8 @@ import numpy as np
 from ristretto_py import numerics
 from ristretto_py.atomic import atomic_output, make_directory, write_text
 from ristretto_py.layers.formats import FORMATTED_TYPES, operands
+
+from .cost import deployed_lines
 from ristretto_py.precision import (DYNAMIC_FIXED_POINT, MINIFLOAT, LayerPrecision,
                                     output_channel_axis)
 
@@ -355,8 +357,10 @@ def _markdown(report):
         t = cost["totals"]
         lines += ["", "## Cost of the quantized net", "",
                   f"Parameters {t['param_bytes']:,.0f} bytes, activation traffic "
-                  f"{t['traffic_bytes']:,.0f} bytes, {t['macs']:,} MACs.", "",
-                  "| layer | param bytes | traffic bytes | MACs | share of MACs |", "|---|---|---|---|---|"]
+                  f"{t['traffic_bytes']:,.0f} bytes, {t['macs']:,} MACs.", ""]
+        if "deployed_bytes" in t:              # as deployed: packed widths, buffers
+            lines += [f"- {line}" for line in deployed_lines(t)] + [""]
+        lines += ["| layer | param bytes | traffic bytes | MACs | share of MACs |", "|---|---|---|---|---|"]
         lines += [f"| {r['layer']} | {r['param_bytes']:,.0f} | {r['input_bytes'] + r['output_bytes']:,.0f} | "
                   f"{r['macs']:,} | {r['mac_share']:.1%} |" for r in cost["layers"] if r["macs"] or r["param_bytes"]]
     lines += ["", "![score against bit width](score_vs_bits.png)", "", "## Layers", "",
