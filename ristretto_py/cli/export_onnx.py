@@ -65,8 +65,11 @@ def _describe_io(graph):
 
 def _quantized(args, net):
     from ..runtime import quantized_export as qe
+    # QONNX readers (qonnx's executor, FINN) need every shape fixed: the batch is the
+    # prototxt's there, as --static_batch gives it.
+    dynamic = not args.static_batch and args.quantized != "qonnx"
     result = qe.export_quantized(net, args.quantized, compat=args.compat,
-                                 all_blobs=args.all_blobs, dynamic_batch=not args.static_batch,
+                                 all_blobs=args.all_blobs, dynamic_batch=dynamic,
                                  activations=args.qdq_activations)
     export = result.export
     if export.tail and args.no_tail:
