@@ -31,7 +31,7 @@ def build_parser():
     parser.add_argument("--qdq_activations", choices=("signed", "unsigned"), default="signed",
                         help="--quantized qdq: activations as int types with zero point 0 "
                              "(default), or as uint types with the zero point at the middle (the "
-                             "same values; what onnxruntime fuses on x86 CPUs without VNNI)")
+                             "same values; what onnxruntime's x86 builds fuse into integer kernels)")
     parser.add_argument("--compat", choices=("gpu", "cpu"), default="gpu",
                         help="the Ristretto build whose rounding the export reproduces")
     return parser

@@ -76,8 +76,9 @@ def qdq(graph, value, bit_width, fractional_length, activations="signed"):
 
     ``activations="unsigned"`` stores widths up to 8 bits as uint4/uint8 with the zero point
     at the middle of the type (8 or 128): the same values (q - zero point = the signed
-    mantissa), and the form onnxruntime fuses into its integer kernels on x86 CPUs without
-    VNNI, where it refuses signed activations."""
+    mantissa), and the form onnxruntime's x86 builds fuse into their integer kernels (their
+    QDQ fusion takes int8 activations on ARM only, unless the session option
+    ``session.qdqisint8allowed`` asks for it)."""
     onnx_type = qdq_type(bit_width)
     known = graph.formats.get(value)
     if known is not None and _contains((bit_width, fractional_length), known):

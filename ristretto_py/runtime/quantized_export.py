@@ -311,7 +311,7 @@ def describe_fusion(counts):
     """One line: which integer kernels onnxruntime runs, and what stays float."""
     integer = {op: n for op, n in counts.items() if op in INTEGER_KERNELS}
     float_ops = {op: n for op, n in counts.items()
-                 if op in ("Conv", "Gemm", "MatMul", "ConvTranspose")}
+                 if op in ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "ConvTranspose")}
     parts = ", ".join(f"{n} {op}" for op, n in sorted(integer.items())) or "none"
     line = f"onnxruntime runs on integer kernels: {parts}"
     if float_ops:
