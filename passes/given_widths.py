@@ -107,8 +107,9 @@ def apply_widths(quantizer, widths):
     else:
         unknown = sorted(set(values) - set(lengths))
         if unknown:
-            raise NetError(f"--widths names {', '.join(unknown)}, not a layer the search "
-                           f"quantizes (those are {', '.join(lengths)})",
+            raise NetError(f"--widths names {', '.join(unknown)}, not a Convolution or "
+                           f"InnerProduct layer of the net (or, with --all_layers, a stock layer "
+                           f"it formats: {', '.join(lengths)})",
                            path=quantizer.model_path)
         param = edit.per_layer_dynamic_fixed_point(quantizer.param, lengths, values)
         chosen = {name: {"weights": w, "activations": a} for name, (w, a) in values.items()}

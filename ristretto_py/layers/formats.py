@@ -36,13 +36,17 @@ from ..precision import DYNAMIC_FIXED_POINT, LayerPrecision
 FORMATTED_TYPES = ("Pooling", "Eltwise", "Concat", "Scale", "Bias", "BatchNorm", "ReLU", "PReLU")
 # Ristretto's own layer types carry the field with Ristretto's meaning.
 RISTRETTO_TYPES = ("ConvolutionRistretto", "DeconvolutionRistretto", "FcRistretto", "LRNRistretto")
+# Their stock base types: a Ristretto description with its types switched back (its float
+# twin) keeps the field there, and Caffe and Ristretto ignore it; so does ristretto-py.
+RISTRETTO_BASES = ("Convolution", "Deconvolution", "InnerProduct", "LRN")
 
 
 def parse_format(impl):
     """The LayerPrecision of a stock layer's ``quantization_param``, None without one; a
     NetError (one line, naming the layer) for a type or a precision that has no format here."""
     spec = impl.spec
-    if impl.type_name in RISTRETTO_TYPES or not spec.HasField("quantization_param"):
+    if (impl.type_name in RISTRETTO_TYPES + RISTRETTO_BASES
+            or not spec.HasField("quantization_param")):
         return None
     if impl.type_name not in FORMATTED_TYPES:
         raise impl.error(f"quantization_param on a {impl.type_name} layer: ristretto-py gives "
