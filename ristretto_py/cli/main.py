@@ -7,6 +7,8 @@ COMMANDS = {"quantize": "quantize", "evaluate": "evaluate", "info": "info", "for
             "export_onnx": "export_onnx", "export_caffe": "export_caffe", "fetch_models": "fetch_models", "fold_bn": "fold_bn",
             "kmeans": "kmeans", "quantize_weights": "quantize_weights", "analyze": "analyze",
             "evaluate_lfw": "evaluate_lfw", "convert_keras": "convert_keras",
+            "convert_onnx": "convert_onnx", "convert_tf": "convert_tf",
+            "convert_tflite": "convert_tflite",
             "convert_imageset": "convert_imageset", "make_lenet_fashion": "make_lenet_fashion", "train": "train"}
 
 
