@@ -647,3 +647,20 @@ def test_torch_dynamo_export(tmp_path):
     caffe, outputs = convert(read_onnx(path))
     ours = make_runtime(caffe, "numpy").forward({caffe.input_blobs[0]: x.numpy()})[outputs[0]]
     assert close_to(ours, expected, 1e-4)
+
+
+def test_a_bias_add_after_a_product_becomes_its_bias():
+    """tf2onnx writes TensorFlow's BiasAdd as MatMul + Add and Conv + Add: one Caffe layer with
+    a bias each, so Ristretto's layers trim after the bias as TFLite requantizes."""
+    fc = model([node("MatMul", ["x", "w"], ["p"]), node("Add", ["p", "b"])], {"x": (2, 6)},
+               constants={"w": weights(6, 4), "b": weights(4)})
+    net = agrees(fc)
+    assert types(net) == ["Input", "InnerProduct"] and net.layers[1].spec.inner_product_param.bias_term
+    cv = model([node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), node("Add", ["c", "b"])],
+               {"x": (1, 3, 6, 6)}, constants={"w": weights(5, 3, 3, 3), "b": weights(1, 5, 1, 1)})
+    net = agrees(cv)
+    assert types(net) == ["Input", "Convolution"] and len(net.layers[1].blobs) == 2
+    # the product is also a model output: it stays, and the Bias with it
+    both = model([node("MatMul", ["x", "w"], ["p"]), node("Add", ["p", "b"])], {"x": (2, 6)},
+                 outputs=("y", "p"), constants={"w": weights(6, 4), "b": weights(4)})
+    assert types(agrees(both)) == ["Input", "InnerProduct", "Bias"]

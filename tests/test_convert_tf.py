@@ -307,3 +307,34 @@ def test_missing_tf2onnx_says_what_to_install(tf_files, tmp_path, capsys, monkey
     err = _refused(convert_tflite.main, ["--input", str(folder / "float.tflite"), "--out_onnx",
                                          str(tmp_path / "out.onnx")], capsys, tmp_path)
     assert "needs tf2onnx (pip install tf2onnx" in err
+
+
+@needs_importer
+@pytest.mark.parametrize("kind", ["int8_per_channel", "int8_per_tensor"])
+def test_tflite_int8_gives_a_quantized_description_that_agrees_with_litert(tf_files, tmp_path, capsys, kind):
+    """The float net plus the Ristretto description of TFLite's int8 formats: each tensor's
+    scale and zero point next to the nearest dynamic fixed point, and the description, run on
+    LiteRT's own (dequantized) int8 inputs, picks LiteRT's class on the real images."""
+    folder, names, images = tf_files
+    prototxt, weights = caffe_files(tmp_path)
+    quantized = tmp_path / "q.prototxt"
+    assert convert_tflite.main(["--input", str(folder / f"{kind}.tflite"), "--out_model", str(prototxt),
+                                "--out_weights", str(weights), "--model_quantized", str(quantized),
+                                "--report", str(tmp_path / "report"), "--input_shape", "16,1,28,28"]) == 0
+    out = capsys.readouterr().out
+    assert "quantized description: 9 layers with formats" in out
+    net = Net.load(quantized, weights)
+    types = [layer.type for layer in net.layers]
+    assert types.count("ConvolutionRistretto") == 3 and types.count("FcRistretto") == 2
+    channels = [len(layer.spec.quantization_param.fl_params_channel) for layer in net.layers
+                if layer.type in ("ConvolutionRistretto", "FcRistretto")]
+    assert any(channels) == (kind == "int8_per_channel")
+    scale, zero = names["tflite"][kind]["input"]
+    x = (np.clip(np.round(nchw(images) / scale) + zero, -128, 127) - zero) * np.float32(scale)
+    ours = make_runtime(net, "numpy").forward({"image": x.astype(np.float32)})[net.output_blobs[-1]]
+    expected = np.load(folder / f"{kind}_expected.npy")
+    agreement = np.mean(ours.argmax(1) == expected.argmax(1))
+    assert agreement >= 15 / 16, agreement
+    report = json.loads((tmp_path / "report" / "formats.json").read_text())
+    first = next(row for row in report["tensors"] if row["tensor"] == "image")
+    assert first["qdq"] == f"int8 scale {scale:.6g} zero point {zero}" and first["bit_width"] == 8

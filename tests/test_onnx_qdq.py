@@ -21,7 +21,7 @@ def test_our_qdq_export_reads_back_as_its_exact_formats():
     assert not {n.op_type for n in float_model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}
     conv = net.impls[1].precision                    # ConvolutionRistretto "conv"
     weight = [f for name, f in formats.items() if name.startswith("dequantizelinear")
-              and f.bits == 8 and np.size(f.scale) == 1 and f.scale == 2.0 ** -conv.fl_params]
+              and f.bits <= conv.bw_params and np.size(f.scale) == 1 and f.scale == 2.0 ** -conv.fl_params]
     assert weight, "the conv's weight format"
     choices = {name: nearest_format(f) for name, f in formats.items()}
     assert all(c.exact for name, c in choices.items() if formats[name].bits <= 8), describe(formats)

@@ -6,9 +6,9 @@ import os
 import sys
 
 from ..convert.onnx_graph_prep import graph_inputs
-from ..convert.onnx_to_caffe import onnx_to_layers, read_onnx
+from ..convert.onnx_to_caffe import read_onnx
 from ..errors import NetError
-from ..net import Net
+from . import qdq_outputs
 from .common import make_parser, run
 from .flag_types import input_shape, number_list
 
@@ -41,6 +41,7 @@ def build_parser():
                              "batch alone is 1); repeat for several inputs; the name may be "
                              "left out when the model has one input")
     parser.add_argument("--name", help="the Caffe net's name (default: the file's stem)")
+    qdq_outputs.add_arguments(parser)
     return parser
 
 
@@ -60,16 +61,22 @@ def input_shapes(flags, model, path):
 
 
 def convert_main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.report and not args.model_quantized:
+        parser.error("--report goes with --model_quantized")
     model = read_onnx(args.input)
-    layers, outputs = onnx_to_layers(model, args.input, input_shapes(args.input_shape, model, args.input))
     name = args.name or os.path.splitext(os.path.basename(args.input))[0]
-    net = Net(layers, name=name, source=args.input)
+    converted = qdq_outputs.convert(model, args.input, input_shapes(args.input_shape, model, args.input),
+                                    name, args.model_quantized is not None)
+    net = converted.net
     shapes = net.shapes()
     net.save(args.out_model, args.out_weights)
     print(f"converted {len(model.graph.node)} ONNX nodes into {len(net.layers)} Caffe layers; "
-          f"outputs: {', '.join(f'{o} {list(shapes[o])}' for o in outputs)}")
-    print(f"wrote {args.out_model} and {args.out_weights}")
+          f"outputs: {', '.join(f'{o} {list(shapes[o])}' for o in converted.outputs)}")
+    qdq_outputs.write(converted, args)
+    written = [args.out_model, args.out_weights] + ([args.model_quantized] if args.model_quantized else [])
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import RistrettoError
-from ..net import Net
+from . import qdq_outputs
 from .common import make_parser, run
 from .flag_types import int_range, number_list
 
@@ -26,6 +26,7 @@ def add_common_arguments(parser):
     parser.add_argument("--name", help="the Caffe net's name (default: the file's stem)")
     parser.add_argument("--opset", type=int_range(13, 21, "ONNX opset"), default=17,
                         help="the ONNX opset tf2onnx writes (default 17)")
+    qdq_outputs.add_arguments(parser)
 
 
 def check_outputs(parser, args):
@@ -33,6 +34,10 @@ def check_outputs(parser, args):
         parser.error("--out_model and --out_weights go together")
     if args.out_model is None and args.out_onnx is None:
         parser.error("give --out_model and --out_weights (Caffe files), --out_onnx, or both")
+    if args.model_quantized and args.out_model is None:
+        parser.error("--model_quantized goes with --out_model and --out_weights")
+    if args.report and not args.model_quantized:
+        parser.error("--report goes with --model_quantized")
 
 
 def build_parser():
@@ -58,16 +63,17 @@ def write_outputs(model, args, source, what):
         print(f"converted {what} into an ONNX model of {nodes} nodes (opset {args.opset})")
         print(f"wrote {args.out_onnx}")
         return
-    from ..convert.onnx_to_caffe import onnx_to_layers
-    layers, outputs = onnx_to_layers(model, source=source)
     name = args.name or os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
-    net = Net(layers, name=name, source=source)
+    converted = qdq_outputs.convert(model, source, None, name, args.model_quantized is not None)
+    net = converted.net
     shapes = net.shapes()
     net.save(args.out_model, args.out_weights)
     print(f"converted {what} (tf2onnx: {nodes} ONNX nodes, opset {args.opset}) into "
           f"{len(net.layers)} Caffe layers; outputs: "
-          f"{', '.join(f'{o} {list(shapes[o])}' for o in outputs)}")
-    print("wrote " + ", ".join(p for p in (args.out_onnx, args.out_model, args.out_weights) if p))
+          f"{', '.join(f'{o} {list(shapes[o])}' for o in converted.outputs)}")
+    qdq_outputs.write(converted, args)
+    print("wrote " + ", ".join(str(p) for p in (args.out_onnx, args.out_model, args.out_weights,
+                                                args.model_quantized) if p))
 
 
 def _names(text):

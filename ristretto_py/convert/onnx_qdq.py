@@ -98,42 +98,75 @@ def _format(scale, zero_point, onnx_type, axis):
     return QdqFormat(scale, zero, bits, signed, axis if scale.ndim else None)
 
 
+# Operators that move integers without changing them: tf2onnx puts the Transposes and
+# Reshapes of a layout change between QuantizeLinear and DequantizeLinear.
+LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+_FLOAT = TensorProto.FLOAT
+# Operators whose output is never negative where their input is not
+_KEEP_SIGN = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "DequantizeLinear",
+              "QuantizeLinear")
+
+
 def strip_qdq(model):
     """(float ModelProto, {tensor name: QdqFormat}) of a QDQ model; the input is not changed.
 
     Activation pairs Q -> DQ are removed (a tensor keeps the name of the pair's float input);
-    DequantizeLinear of an initializer becomes a float initializer under the DQ's output name."""
+    layout operators between the two (Transpose, Reshape, ...) then move floats instead.
+    DequantizeLinear of an initializer becomes a float initializer under the DQ's output name.
+    An integer graph input read through a DequantizeLinear becomes a float input holding the
+    dequantized values, and an integer graph output written by a QuantizeLinear a float output
+    of the value it quantized; both keep their names and record their formats."""
     float_model = type(model)()
     float_model.CopyFrom(model)
     graph = float_model.graph
     constants = {t.name: t for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    formats, rename, drop, relus = {}, {}, set(), []
+    inputs = {v.name: v for v in graph.input if v.name not in constants}
+    formats, rename, drop, relus, restored = {}, {}, set(), [], set()
     for index, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear":
             continue
         source = node.input[0]
         fmt = _dq_format(node, constants, producer)
         if source in constants:                       # a quantized constant (weights, bias)
-            values = _dequantize(numpy_helper.to_array(constants[source]), fmt)
+            stored = numpy_helper.to_array(constants[source])
+            fmt = _narrowest(fmt, stored)
+            values = _dequantize(stored, fmt)
             graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
             formats[node.output[0]] = fmt
             drop.add(index)
             continue
-        quantize = producer.get(source)
-        relu = quantize is not None and _integer_relu(quantize, producer, constants)
+        if source in inputs:                          # an integer model input
+            inputs[source].type.tensor_type.elem_type = _FLOAT
+            formats[source] = fmt
+            rename[node.output[0]] = source
+            drop.add(index)
+            continue
+        layout, value = _through_layout(source, producer)
+        quantize = producer.get(value)
+        relu = not layout and quantize is not None and _integer_relu(quantize, producer, constants)
         if relu:                          # Max(q, zero point) on the integers: a ReLU
             quantize = producer[quantize.input[0]]
         if quantize is None or quantize.op_type != "QuantizeLinear":
-            raise UnsupportedError("a DequantizeLinear that reads neither a constant nor a "
-                                   "QuantizeLinear has no float form", layer=node.name or source)
-        value = quantize.input[0]
-        if relu or np.all(np.asarray(fmt.value_range()[0]) == 0):
+            raise UnsupportedError("a DequantizeLinear that reads neither a constant, a model "
+                                   "input nor a QuantizeLinear has no float form",
+                                   layer=node.name or source)
+        source_value, fmt = _unclipped(quantize.input[0], fmt, producer, constants)
+        if layout:                        # the layout operators now read the float tensor
+            layout[0].input[0] = source_value
+            value = layout[-1].output[0]
+        else:
+            value = source_value
+        if ((relu or np.all(np.asarray(fmt.value_range()[0]) == 0))
+                and value in producer and not _non_negative(value, producer, restored, rename)):
             # A range starting at 0 is a ReLU the quantizer folded into the pair (its zero
-            # point at the type's lowest value): the float model gets it back.
-            value = f"{quantize.input[0]}_relu"
-            relus.append(helper.make_node("Relu", [quantize.input[0]], [value],
+            # point at the type's lowest value): the float model gets it back, unless the
+            # value is already a ReLU's (or a max pooling or layout change of one) or a model
+            # input (data that is never negative, images in [0, 1]).
+            restored.add(f"{value}_relu")
+            relus.append(helper.make_node("Relu", [value], [f"{value}_relu"],
                                           name=f"{node.name or value}_relu"))
+            value = f"{value}_relu"
         formats[value] = fmt
         rename[node.output[0]] = value
         drop.add(index)
@@ -142,6 +175,7 @@ def strip_qdq(model):
         if i not in drop:
             kept.append(node)
         kept += [r for r in relus if r.input[0] in node.output]
+    kept = _float_outputs(graph, kept, producer, constants, formats)
     needed = {name for n in kept for name in n.input} | {o.name for o in graph.output}
     # Quantize nodes, and the integer ReLUs between them and their DequantizeLinear, that
     # nothing reads any more
@@ -156,6 +190,11 @@ def strip_qdq(model):
         resolved = _resolve(output.name, rename)
         if resolved != output.name:
             kept.append(helper.make_node("Identity", [resolved], [output.name]))
+            if resolved in formats:
+                formats[output.name] = formats[resolved]
+    for node in kept:                                  # an Identity's output is its input
+        if node.op_type == "Identity" and node.input[0] in formats:
+            formats.setdefault(node.output[0], formats[node.input[0]])
     del graph.node[:]
     graph.node.extend(kept)
     live = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
@@ -163,6 +202,110 @@ def strip_qdq(model):
     del graph.initializer[:]
     graph.initializer.extend(keep_init)
     return float_model, formats
+
+
+def _narrowest(fmt, stored):
+    """A signed 4- to 16-bit constant's format at the width its integers need (at least 2 bits): weights
+    trimmed to 6 bits travel in int8 (QDQ has no int6), and reading them as 6-bit keeps every
+    value while the description says what they hold."""
+    if not fmt.signed or fmt.bits > 16 or np.any(fmt.zero_point) or stored.size == 0:
+        return fmt
+    stored = stored.astype(np.int64)
+    bits = 2
+    while bits < fmt.bits and not (stored.min() >= -(1 << (bits - 1)) and stored.max() < (1 << (bits - 1))):
+        bits += 1
+    return dataclasses.replace(fmt, bits=bits)
+
+
+def _unclipped(name, fmt, producer, constants):
+    """(the tensor a QuantizeLinear quantizes, its format) seen through what the quantization
+    makes redundant: a Max at or below the format's lowest value (the barrier ``--quantized qdq``
+    puts between two pairs), and a Clip to a narrower signed range, which is a narrower format
+    (a 6-bit one stored in int8): the format takes that width and the Clip goes."""
+    for _ in range(2):
+        node = producer.get(name)
+        if (node is None or node.op_type not in ("Max", "Clip") or fmt.per_channel
+                or not all(i in constants and np.size(numpy_helper.to_array(constants[i])) == 1
+                           for i in node.input[1:] if i)):
+            break
+        scale, zero = float(fmt.scale), int(fmt.zero_point)
+        low, high = fmt.integer_range()
+        bounds = [float(numpy_helper.to_array(constants[i])) if i else None for i in node.input[1:]]
+        if node.op_type == "Max" and len(bounds) == 1 and bounds[0] <= (low - zero) * scale:
+            name = node.input[0]
+            continue
+        if node.op_type == "Clip" and len(bounds) == 2 and None not in bounds and zero == 0:
+            lo, hi = np.ceil(bounds[0] / scale), np.floor(bounds[1] / scale)
+            bits = int(round(np.log2(hi - lo + 1)))
+            if fmt.signed and lo == -(2 ** (bits - 1)) and hi == 2 ** (bits - 1) - 1 and 1 < bits <= fmt.bits:
+                fmt = dataclasses.replace(fmt, bits=bits)
+                name = node.input[0]
+                continue
+        break
+    return name, fmt
+
+
+def _non_negative(name, producer, restored, rename=None):
+    """Whether the float tensor ``name`` cannot be negative: a ReLU's output (one in the model or
+    one restored here), or a pooling or layout change of such a tensor, seen through the QDQ
+    pairs already removed."""
+    for _ in range(64):
+        if name in restored or _resolve(name, rename or {}) in restored:
+            return True
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "Relu":
+            return True
+        if node.op_type not in _KEEP_SIGN + LAYOUT_OPS:
+            return False
+        name = node.input[0]
+    return False
+
+
+def _through_layout(name, producer):
+    """(the layout nodes from a QuantizeLinear's output to ``name``, in graph order, and the
+    tensor they start from): empty where ``name`` is not written by a layout operator."""
+    chain = []
+    node = producer.get(name)
+    while node is not None and node.op_type in LAYOUT_OPS:
+        chain.append(node)
+        name = node.input[0]
+        node = producer.get(name)
+    if not chain or node is None or node.op_type != "QuantizeLinear":
+        return [], chain[-1].input[0] if chain else name
+    return chain[::-1], name
+
+
+def _float_outputs(graph, nodes, producer, constants, formats):
+    """Integer graph outputs written by a QuantizeLinear: the QuantizeLinear becomes an Identity
+    of the value it quantized, the output becomes float, its format is recorded."""
+    result = []
+    outputs = {o.name: o for o in graph.output}
+    for node in nodes:
+        if node.op_type == "QuantizeLinear" and node.output[0] in outputs:
+            fmt = _q_format(node, constants)
+            formats[node.output[0]] = fmt
+            outputs[node.output[0]].type.tensor_type.elem_type = _FLOAT
+            node = helper.make_node("Identity", [node.input[0]], [node.output[0]],
+                                    name=node.name or node.output[0])
+        result.append(node)
+    return result
+
+
+def _q_format(node, constants):
+    def constant(i):
+        if len(node.input) <= i or not node.input[i]:
+            return None
+        if node.input[i] not in constants:
+            raise UnsupportedError("a QuantizeLinear whose scale or zero point is computed has "
+                                   "no fixed format", layer=node.name or node.output[0])
+        return numpy_helper.to_array(constants[node.input[i]])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    attrs = {a.name: a.i for a in node.attribute}
+    onnx_type = (constants[node.input[2]].data_type if len(node.input) > 2 and node.input[2]
+                 else attrs.get("output_dtype", TensorProto.UINT8))
+    return _format(constant(1), constant(2), onnx_type, axis)
 
 
 def _integer_only(node, producer):

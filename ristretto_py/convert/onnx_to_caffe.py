@@ -37,8 +37,8 @@ def _attributes(node):
 
 class Converter(LinearNodes, NormalizationNodes, ActivationNodes, PoolingNodes,
                 ArithmeticNodes, ShapeNodes):
-    def __init__(self, graph):
-        self.graph, self.source = graph, graph.source
+    def __init__(self, graph, keep_blobs=()):
+        self.graph, self.source, self.keep_blobs = graph, graph.source, set(keep_blobs)
         self.layers, self.values, self.layer_names = [], {}, set()
         self.opset = graph.opset
 
@@ -75,7 +75,9 @@ class Converter(LinearNodes, NormalizationNodes, ActivationNodes, PoolingNodes,
         used = {i for _, n in self.graph.nodes for i in n.input if i} | set(self.graph.outputs)
         for self.current in self.graph.nodes:
             self._convert_node(used)
-        outputs = self._output_names([self._output(name) for name in self.graph.outputs])
+        outputs = [self._output(name) for name in self.graph.outputs]
+        self.layers = fold_bias_layers(self.layers, keep=set(outputs) | self.keep_blobs)
+        outputs = self._output_names(outputs)
         return self.layers, outputs
 
     def _output_names(self, blobs):
@@ -195,7 +197,58 @@ class Converter(LinearNodes, NormalizationNodes, ActivationNodes, PoolingNodes,
                          reshape_param={"shape": {"dim": [int(d) for d in dims]}})
 
 
-def onnx_to_layers(model, source="model.onnx", input_shapes=None):
+_BIASED = ("Convolution", "InnerProduct", "Deconvolution")
+
+
+def fold_bias_layers(layers, keep=()):
+    """A Bias layer of one constant per output channel that follows a Convolution, InnerProduct
+    or Deconvolution without a bias, or a Scale without one (a BatchNorm as Mul + Add), (MatMul + Add, Conv + Add: how tf2onnx writes TensorFlow's
+    BiasAdd) becomes that layer's bias: the same sum in the same order (product, then bias), and
+    Ristretto's layers trim the output after their bias as TFLite and QDQ engines requantize it.
+    The product's blob disappears unless it is in ``keep`` or read by another layer."""
+    readers = {}
+    for layer in layers:
+        for b in layer.bottoms:
+            readers[b] = readers.get(b, 0) + 1
+    index = {top: i for i, layer in enumerate(layers) for top in layer.tops}
+    result, removed = list(layers), set()
+    for i, layer in enumerate(layers):
+        if layer.type != "Bias" or len(layer.bottoms) != 1 or len(layer.blobs) != 1:
+            continue
+        source = layer.bottoms[0]
+        j = index.get(source)
+        if j is None or source in keep or readers.get(source) != 1 or layer.in_place:
+            continue
+        producer = result[j]
+        spec = producer.spec
+        bias = layer.blobs[0]
+        axis, axes = layer.spec.bias_param.axis, layer.spec.bias_param.num_axes
+        if producer.type == "Scale":                 # x * s + b: Scale's own bias term
+            sp = spec.scale_param
+            if (not sp.bias_term and len(producer.blobs) == 1 and producer.tops == (source,)
+                    and (sp.axis, sp.num_axes) == (axis, axes) and producer.blobs[0].shape == bias.shape):
+                edited = type(spec)()
+                edited.CopyFrom(spec)
+                edited.scale_param.bias_term = True
+                result[j] = producer.replace(spec=edited, top=list(layer.tops),
+                                             blobs=producer.blobs + (bias,))
+                removed.add(i)
+            continue
+        param = spec.inner_product_param if producer.type == "InnerProduct" else spec.convolution_param
+        if (producer.type not in _BIASED or param.bias_term or producer.tops != (source,)
+                or axis != 1 or axes != 1 or bias.shape != (param.num_output,)
+                or (producer.type == "InnerProduct" and param.axis != 1)):
+            continue
+        spec = type(producer.spec)()
+        spec.CopyFrom(producer.spec)
+        (spec.inner_product_param if producer.type == "InnerProduct" else spec.convolution_param).bias_term = True
+        result[j] = producer.replace(spec=spec, top=list(layer.tops), blobs=producer.blobs + (bias,))
+        removed.add(i)
+    return [layer for i, layer in enumerate(result) if i not in removed]
+
+
+def onnx_to_layers(model, source="model.onnx", input_shapes=None, keep_blobs=()):
     """(Caffe layers with their blobs, output blob names) for an ``onnx.ModelProto``;
-    ``input_shapes`` ({input name: dims}) fixes free input dimensions (a free batch is 1)."""
-    return Converter(prepare(model, source, input_shapes)).convert()
+    ``input_shapes`` ({input name: dims}) fixes free input dimensions (a free batch is 1);
+    ``keep_blobs``: tensors no layer fusion may remove (those a QDQ pair rounded)."""
+    return Converter(prepare(model, source, input_shapes), keep_blobs).convert()
