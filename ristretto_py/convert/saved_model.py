@@ -91,8 +91,8 @@ def read_saved_model(folder):
     metadata_path = os.path.join(folder, METADATA_FILE)
     if not os.path.isfile(metadata_path):
         raise FormatError("the SavedModel has no keras_metadata.pb: it holds a TensorFlow graph but "
-                          "no Keras layers (as Keras 3's model.export() writes); save the model as "
-                          ".keras or .h5 instead", path=folder)
+                          "no Keras layers (as Keras 3's model.export() writes); convert it with "
+                          "tools/convert_tf --saved_model, or save the model as .keras or .h5", path=folder)
     nodes = read_metadata(metadata_path)
     root = nodes.get("root")
     if not root or "config" not in root or "class_name" not in root:
