@@ -68,3 +68,43 @@ def test_pytorch_to_qdq_chain_scored_at_each_step(tmp_path, capsys, monkeypatch)
                         "--out_weights", str(tmp_path / "k.caffemodel"), "--seed", "0"]) == 0
     capsys.readouterr()
     assert _score(capsys, ["--model", str(folded), "--weights", str(tmp_path / "k.caffemodel")]) > torch_score - 0.05
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_onnxruntime_quantized_model_converts_to_a_description_that_scores_like_it(tmp_path, capsys):
+    """onnxruntime's static quantizer (QDQ, int8, per channel, calibrated on 100 test images) on
+    the torch net; tools/convert_onnx --model_quantized; the description on the numpy runtime
+    against the QDQ model on onnxruntime, image by image."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from ristretto_py import Net
+    from ristretto_py.cli import convert_onnx
+    from ristretto_py.runtime import make_runtime
+    done = subprocess.run([sys.executable, str(CHAIN), "train", "--out", str(tmp_path), "--steps", "150"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    images, labels = chain.test_images()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter({"image": images[i:i + 1]} for i in range(0, 1000, 10))
+
+        def get_next(self):
+            return next(self.batches, None)
+    quantize_static(str(tmp_path / "net.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    files = [tmp_path / n for n in ("f.prototxt", "f.caffemodel", "q.prototxt")]
+    assert convert_onnx.main(["--input", str(tmp_path / "q.onnx"), "--out_model", str(files[0]),
+                              "--out_weights", str(files[1]), "--model_quantized", str(files[2])]) == 0
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    theirs = np.concatenate([session.run(None, {"image": images[i:i + 1]})[0] for i in range(1000)])
+    net = Net.load(files[2], files[1]).with_input_shapes({"image": (100, 1, 28, 28)})
+    assert sum(layer.type in ("ConvolutionRistretto", "FcRistretto") for layer in net.layers) == 4
+    runtime = make_runtime(net, "numpy")
+    ours = np.concatenate([runtime.forward({"image": images[i:i + 100]})[net.output_blobs[-1]]
+                           for i in range(0, 1000, 100)])
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.98       # 99.6% at 300 training steps
+    assert abs(chain.top1(ours, labels) - chain.top1(theirs, labels)) <= 0.01

@@ -95,6 +95,8 @@ def _format(scale, zero_point, onnx_type, axis):
     scale = np.asarray(scale, np.float32)
     zero = np.zeros_like(scale, np.int64) if zero_point is None else \
         np.asarray(zero_point, np.int64)
+    if scale.size == 1:                      # a one-element 1-D scale is a per-tensor one
+        scale, zero = scale.reshape(()), zero.reshape(())
     return QdqFormat(scale, zero, bits, signed, axis if scale.ndim else None)
 
 
