@@ -134,3 +134,26 @@ def test_flag_pairs(tmp_path, capsys, argv, message):
     code = convert_onnx.main(["--input", str(tmp_path / "f.onnx"), "--out_model", str(tmp_path / "a.prototxt"),
                               "--out_weights", str(tmp_path / "a.caffemodel")] + argv)
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_every_formatted_layer_type_reads_back_value_for_value(tmp_path):
+    """The all-types net (BatchNorm, Scale and ReLU in place, each with its own format; AVE and
+    MAX pooling, PReLU, Eltwise, leaky ReLU, Concat, Bias) through our QDQ export and back:
+    requantizations of an in-place chain come back as 1x1 max poolings carrying the format."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from test_layer_formats import all_types_input, all_types_net
+    from ristretto_py.runtime.quantized_export import export_quantized
+    net = all_types_net()
+    onnx.save(export_quantized(net, "qdq").model, tmp_path / "all.onnx")
+    _, float_weights, quantized = _convert(tmp_path, tmp_path / "all.onnx")
+    back = Net.load(quantized, float_weights)
+    assert any(layer.type == "Pooling" and layer.name.endswith(tuple("0123456789")) and
+               "requantized" in layer.name for layer in back.layers)
+    x = all_types_input()
+    ours, theirs = make_runtime(back, "numpy").forward(x), make_runtime(net, "numpy").forward(x)
+    fixed_ours, fixed_theirs = FixedRuntime(back).forward(x), FixedRuntime(net).forward(x)
+    for mine, original in (("pool@float", "pool"), ("sum@float", "sum"), ("cat@float", "cat"),
+                           ("fc@float", "fc"), ("prob", "prob")):
+        assert np.count_nonzero(ours[mine] != theirs[original]) == 0, mine
+        assert np.count_nonzero(fixed_ours[mine] != fixed_theirs[original]) == 0, mine

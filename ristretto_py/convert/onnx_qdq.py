@@ -125,6 +125,7 @@ def strip_qdq(model):
     producer = {out: node for node in graph.node for out in node.output}
     inputs = {v.name: v for v in graph.input if v.name not in constants}
     formats, rename, drop, relus, restored = {}, {}, set(), [], set()
+    ranks = _ranks(model)
     for index, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear":
             continue
@@ -166,9 +167,24 @@ def strip_qdq(model):
             # value is already a ReLU's (or a max pooling or layout change of one) or a model
             # input (data that is never negative, images in [0, 1]).
             restored.add(f"{value}_relu")
+            ranks[f"{value}_relu"] = ranks.get(value)
             relus.append(helper.make_node("Relu", [value], [f"{value}_relu"],
                                           name=f"{node.name or value}_relu"))
             value = f"{value}_relu"
+        value = _canonical(value, producer, rename)
+        if value in formats and not _same(formats[value], fmt):
+            # A requantization of a tensor that already has a format (an in-place chain of
+            # formatted layers, or a ReLU computed on the integers, then a new format): a 1x1
+            # max pooling (an identity Caffe can give a format) carries the new one.
+            if ranks.get(value) != 4:
+                raise UnsupportedError("a tensor requantized to a second format has no Caffe "
+                                       "layer to carry it (only 4-D tensors get a 1x1 pooling)",
+                                       layer=node.name or value)
+            requantized = f"{value}_requantized_{index}"
+            relus.append(helper.make_node("MaxPool", [value], [requantized], kernel_shape=[1, 1],
+                                          name=requantized))
+            ranks[requantized] = 4
+            value = requantized
         formats[value] = fmt
         rename[node.output[0]] = value
         drop.add(index)
@@ -176,7 +192,7 @@ def strip_qdq(model):
     for i, node in enumerate(graph.node):
         if i not in drop:
             kept.append(node)
-        kept += [r for r in relus if r.input[0] in node.output]
+            kept += _inserted_after(node, relus)
     kept = _float_outputs(graph, kept, producer, constants, formats)
     needed = {name for n in kept for name in n.input} | {o.name for o in graph.output}
     # Quantize nodes, and the integer ReLUs between them and their DequantizeLinear, that
@@ -217,6 +233,45 @@ def _narrowest(fmt, stored):
     while bits < fmt.bits and not (stored.min() >= -(1 << (bits - 1)) and stored.max() < (1 << (bits - 1))):
         bits += 1
     return dataclasses.replace(fmt, bits=bits)
+
+
+def _canonical(name, producer, rename):
+    """``name`` through the pairs already removed and the Identity nodes: the tensor whose
+    blob it will be in the Caffe net."""
+    for _ in range(64):
+        name = _resolve(name, rename)
+        node = producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return name
+        name = node.input[0]
+    return name
+
+
+def _inserted_after(node, added):
+    """The added nodes that read ``node``'s output, each followed by those that read its own."""
+    result = []
+    for extra in added:
+        if extra.input[0] in node.output:
+            result.append(extra)
+            result += _inserted_after(extra, added)
+    return result
+
+
+def _same(a, b):
+    return (a.bits == b.bits and a.signed == b.signed and np.array_equal(a.scale, b.scale)
+            and np.array_equal(a.zero_point, b.zero_point))
+
+
+def _ranks(model):
+    """{tensor: rank} from onnx's shape inference (what it can tell)."""
+    from onnx import shape_inference
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+    except Exception:           # noqa: BLE001  (a model inference rejects: no ranks, no pooling)
+        return {}
+    values = list(inferred.input) + list(inferred.value_info) + list(inferred.output)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values
+            if v.type.tensor_type.HasField("shape")}
 
 
 def _unclipped(name, fmt, producer, constants):

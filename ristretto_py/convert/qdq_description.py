@@ -86,6 +86,7 @@ class _Builder:
     def __init__(self, net, float_model, formats):
         self.net, self.formats = net, formats
         self.nodes = {n.name: n for n in float_model.graph.node if n.name}
+        self.initializers = {t.name for t in float_model.graph.initializer}
         self.writers = {o: n for n in float_model.graph.node for o in n.output}
         self.choices = {name: nearest_format(fmt) for name, fmt in formats.items()}
         self.rows, self.notes, self.used = [], [], set()
@@ -205,7 +206,7 @@ class _Builder:
         q.bw_layer_in, q.fl_layer_in, q.bw_layer_out, q.fl_layer_out = io
         node = self._node(layer)
         constants = [i for i in (node.input if node is not None else ()) if i in self.formats
-                     and i not in self.blob]
+                     and i in self.initializers]
         if constants and layer.blobs:
             choice = self._row(constants[0], "operand", layer.name)
             q.bw_params, q.fl_params = choice.bit_width, int(np.min(choice.fractional_length))
