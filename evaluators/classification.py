@@ -63,12 +63,16 @@ class Batches:
     batches. With ``cache`` they are read once and kept when they fit in CACHE_SHARE of the
     memory limit; otherwise (or without ``cache``) each pass reads them from the database."""
 
-    def __init__(self, net, iterations, data_source=None, seed=0, cache=True):
+    def __init__(self, net, iterations, data_source=None, seed=0, cache=True, probe=True):
         if iterations < 1:
             raise ValueError("iterations must be at least 1")
         self.layer, self.phase = data_layer(net), net.phase
         self.iterations, self.data_source, self.seed = iterations, data_source, seed
         self._kept = None
+        if not probe:       # the workers of a cluster read them: nothing is read here
+            self.batch_bytes = None
+            self.images_per_batch = self.layer.spec.data_param.batch_size
+            return
         feed = self._feed()
         try:
             first = feed.next_batch()
@@ -119,31 +123,55 @@ class Batches:
                 return batch
 
 
-def fetch_batches(net, iterations, data_source=None, seed=0, cache=True):
-    """The ``Batches`` of the net's Data layer for ``iterations`` evaluations (see there)."""
-    return Batches(net, iterations, data_source, seed, cache)
+def fetch_batches(net, iterations, data_source=None, seed=0, cache=True, probe=True):
+    """The ``Batches`` of the net's Data layer for ``iterations`` evaluations (see there);
+    ``probe=False`` reads nothing now (a cluster's workers read their own ranges)."""
+    return Batches(net, iterations, data_source, seed, cache, probe)
 
 
 def evaluate_classification(net, iterations, backend="numpy", runtime=None, progress=False,
                             data_source=None, seed=0, batches=None, observer=None,
-                            description=None):
+                            description=None, cluster=None):
     """Run ``iterations`` batches of the net's Data layer (or the given ``batches``) through a
     runtime and average every output. As Caffe's ``test`` and Ristretto's ``quantize``, sums
-    and means are float32, so that scores and the decisions taken on them are Caffe's."""
+    and means are float32, so that scores and the decisions taken on them are Caffe's.
+
+    ``cluster`` = (pool, net handle, runtime options): the batches are split across the
+    workers of a ``ristretto_py.cluster`` pool, each reading its own range of the database;
+    their per-batch outputs come back in batch order and are summed here, as below."""
+    outputs = [b for b in net.output_blobs if b not in net.input_blobs]
     if batches is None:
-        batches = Batches(net, iterations, data_source, seed, cache=False)
+        batches = Batches(net, iterations, data_source, seed, cache=False,
+                          probe=cluster is None)
     elif len(batches) != iterations:
         raise ValueError(f"{len(batches)} batches given for {iterations} iterations")
-    runtime = runtime or make_runtime(net, backend)
-    outputs = [b for b in net.output_blobs if b not in net.input_blobs]
-    totals, images = {}, 0
-    for batch in show_progress(batches, description or f"evaluate ({runtime.name})", "batch",
-                               progress, total=len(batches)):
-        images += len(next(iter(batch.values())))
-        blobs = runtime.forward(batch, observer=observer) if observer else runtime.forward(batch)
-        for name in outputs:
-            value = np.asarray(blobs[name], np.float32)
-            totals[name] = totals[name] + value if name in totals else value.copy()
-    scores = {name: total / np.float32(iterations) for name, total in totals.items()}
+    if cluster is not None:
+        pool, handle, options = cluster
+        name = options.get("backend", "numpy")
+        pending = pool.forward(batches, handle, outputs, options)
+        per_batch = pool.gather(pending, description or f"evaluate ({name})")
+        images = pending.images
+    else:
+        runtime = runtime or make_runtime(net, backend)
+        name = runtime.name
+        images = []
+        per_batch = _forward_all(runtime, batches, outputs, progress, observer,
+                                 description or f"evaluate ({name})", images)
+    totals = {}
+    for blobs in per_batch:
+        for blob in outputs:
+            value = np.asarray(blobs[blob], np.float32)
+            totals[blob] = totals[blob] + value if blob in totals else value.copy()
+    images = images if isinstance(images, int) else sum(images)
+    scores = {key: total / np.float32(iterations) for key, total in totals.items()}
     scores = {k: (np.float32(v) if np.ndim(v) == 0 else v) for k, v in scores.items()}
-    return ClassificationResult(scores, iterations, images, runtime.name)
+    return ClassificationResult(scores, iterations, images, name)
+
+
+def _forward_all(runtime, batches, outputs, progress, observer, description, images):
+    """The output blobs of each batch, as one process runs them (``images`` gets each batch's
+    image count)."""
+    for batch in show_progress(batches, description, "batch", progress, total=len(batches)):
+        images.append(len(next(iter(batch.values()))))
+        blobs = runtime.forward(batch, observer=observer) if observer else runtime.forward(batch)
+        yield {name: blobs[name] for name in outputs}

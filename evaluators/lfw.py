@@ -97,11 +97,16 @@ def read_dev_pairs(path):
 
 
 def extract_features(runtime, input_blob, feature_blob, paths, prepare, batch=32, progress=False,
-                     normalize=None):
-    """{path: feature vector} for every image path, run in batches through ``runtime``."""
+                     normalize=None, cluster=None):
+    """{path: feature vector} for every image path, run in batches through ``runtime``, or with
+    ``cluster`` = (pool, net handle, runtime options) on the workers of a
+    ``ristretto_py.cluster`` pool, each reading and preparing its own images."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FormatError(f"image missing ({len(missing)} in all)", path=missing[0])
+    if cluster is not None:
+        return _cluster_features(cluster, input_blob, feature_blob, paths, prepare, batch,
+                                 normalize)
     features = {}
     starts = show_progress(range(0, len(paths), batch), "features", "batch", progress)
     first_shape = None
@@ -120,10 +125,26 @@ def extract_features(runtime, input_blob, feature_blob, paths, prepare, batch=32
         blobs = runtime.forward({input_blob: data})
         if feature_blob not in blobs:
             raise RistrettoError(f"the net has no blob '{feature_blob}'")
-        values = np.asarray(blobs[feature_blob], np.float64).reshape(len(chunk), -1)
-        if normalize == "l2":
-            values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
-        features.update(zip(chunk, values))
+        features.update(zip(chunk, _feature_rows(blobs[feature_blob], len(chunk), normalize)))
+    return features
+
+
+def _feature_rows(values, count, normalize):
+    values = np.asarray(values, np.float64).reshape(count, -1)
+    if normalize == "l2":
+        values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+    return values
+
+
+def _cluster_features(cluster, input_blob, feature_blob, paths, prepare, batch, normalize):
+    from ristretto_py.cluster.sources import ImageSource
+    pool, handle, options = cluster
+    source = ImageSource(paths, input_blob, prepare, batch)
+    outputs = pool.gather(pool.forward(source, handle, [feature_blob], options), "features")
+    features = {}
+    for start, blobs in zip(range(0, len(paths), batch), outputs):
+        chunk = paths[start:start + batch]
+        features.update(zip(chunk, _feature_rows(blobs[feature_blob], len(chunk), normalize)))
     return features
 
 

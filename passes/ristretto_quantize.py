@@ -22,7 +22,7 @@ import dataclasses
 
 from ristretto_py import caffe_io
 from ristretto_py.errors import NetError
-from ristretto_py.evaluators.classification import fetch_batches
+from ristretto_py.evaluators.classification import Batches, fetch_batches
 from ristretto_py.evaluators.scores import AccuracyScore
 from ristretto_py.net import Net
 from ristretto_py.progress import progress as show_progress
@@ -96,6 +96,7 @@ class RistrettoQuantizer:
         self.forward_passes = 0
         self._test_batches, self._calibration = data, calibration
         self._baseline = None
+        self.pool = None          # a ristretto_py.cluster pool: evaluations run on its workers
 
     # -- evaluation ---------------------------------------------------------------------------
     def build(self, param, phase="TEST"):
@@ -110,7 +111,8 @@ class RistrettoQuantizer:
     def test_batches(self):
         if self._test_batches is None:
             net = self.build(self.param)
-            self._test_batches = fetch_batches(net, self.iterations, seed=self.seed)
+            self._test_batches = fetch_batches(net, self.iterations, seed=self.seed,
+                                               probe=self.pool is None)
         return self._test_batches
 
     def calibration_batches(self, train_net):
@@ -137,8 +139,26 @@ class RistrettoQuantizer:
         if calibration is not None:
             self._calibration = calibration
 
+    def on_cluster(self, pool):
+        """Run the evaluations (not the observed passes) on the workers of ``pool``."""
+        self.pool = pool
+
+    def submit(self, param, net=None):
+        """Send ``param`` (or a built TEST ``net``) to the cluster's workers; the measure's
+        blobs per batch come back from ``pool.gather``."""
+        batches = self.test_batches()
+        handle = self.pool.handle(param=edit.with_phase(param, "TEST") if net is None else None,
+                                  weights=self.weights, net=net, source=self.model_path,
+                                  weights_source=self.weights_path)
+        self.forward_passes += len(batches)
+        return self.pool.forward(batches, handle, self.measure.blobs(),
+                                 {"backend": self.backend, "compat": self.compat,
+                                  "seed": self.seed})
+
     def outputs(self, param, description="evaluate", observer=None, net=None):
         """The blobs the measure reads, one dict per batch, of ``param`` (or a built ``net``)."""
+        if self.pool is not None and observer is None:
+            return self.pool.gather(self.submit(param, net), description)
         net = net if net is not None else self.build(param)
         backend = "numpy" if observer else self.backend
         runtime = make_runtime(net, backend, compat=self.compat, seed=self.seed)
@@ -214,7 +234,10 @@ class RistrettoQuantizer:
         return result
 
     def images_per_pass(self):
-        return len(next(iter(self.test_batches()[0].values())))
+        batches = self.test_batches()
+        if isinstance(batches, Batches):        # known without reading the database
+            return batches.images_per_batch
+        return len(next(iter(batches[0].values())))
 
     def _halvings(self, stage, baseline, make_param):
         """Score 16, 8, 4, 2, 1 bits until the first failure; return candidates and the choice."""

@@ -96,6 +96,19 @@ class LmdbReader:
                               layer=self.layer) from None
         return key, datum
 
+    def skip(self, count):
+        """Move past ``count`` records (wrapping as ``next_datum`` does) without parsing them:
+        a reader of a later range of the database starts where a reader from the start would
+        be after ``count`` records."""
+        import lmdb
+        try:
+            for _ in range(count % self.count):
+                if not self._cursor.next():
+                    self._cursor.first()
+        except lmdb.Error as exc:
+            raise FormatError(f"corrupt LMDB database ({exc})", path=self.path,
+                              layer=self.layer) from None
+
     def close(self):
         if getattr(self, "_txn", None) is not None:
             self._txn.abort()
@@ -188,16 +201,32 @@ class DataTransformer:
                            "images", layer=self.layer)
         return (channels, crop_h, crop_w)
 
-    def __call__(self, image, out=None):
-        """The transformed image, float32 (written into ``out`` when given)."""
-        channels, height, width = image.shape
-        _, crop_h, crop_w = self.output_shape(image.shape)
+    @property
+    def draws_per_image(self):
+        """Whether transforming an image draws random numbers (a mirror bit, a TRAIN crop)."""
+        return self.mirror or (self.phase == "TRAIN" and bool(self.crop_h or self.crop_w))
+
+    def _draw(self, shape):
+        """(flip, top, left) for an image of ``shape``, drawn as Caffe's ``Transform`` draws."""
+        _, height, width = shape
+        _, crop_h, crop_w = self.output_shape(shape)
         flip = self.mirror and bool(self._rng.integers(2))      # Caffe draws it first
         if self.phase == "TRAIN" and (self.crop_h or self.crop_w):
             top = int(self._rng.integers(height - crop_h + 1))
             left = int(self._rng.integers(width - crop_w + 1))
         else:
             top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        return flip, top, left
+
+    def skip(self, shape):
+        """Make the draws of one image of ``shape`` without transforming it, so that a feed
+        starting later in the database draws what a feed from the start would."""
+        self._draw(shape)
+
+    def __call__(self, image, out=None):
+        """The transformed image, float32 (written into ``out`` when given)."""
+        _, crop_h, crop_w = self.output_shape(image.shape)
+        flip, top, left = self._draw(image.shape)
         window = (slice(None), slice(top, top + crop_h), slice(left, left + crop_w))
         pixels = image[window].astype(np.float32)
         if self.mean_file is not None:
@@ -253,6 +282,20 @@ class DataLayerFeed:
         if len(tops) > 1:
             batch[tops[1]] = labels
         return batch
+
+    def skip(self, batches):
+        """Move past ``batches`` batches as ``next_batch`` would read them (the transform's
+        random draws included), so that a worker reading batches k... of an evaluation gets
+        exactly the batches a single reader from the start gets there."""
+        records = batches * self.batch_size
+        if not self.transform.draws_per_image:
+            self.reader.skip(records)
+            return
+        for _ in range(records):
+            key, datum = self.reader.next_datum()
+            self.transform.skip(datum_pixels(datum, self.transform.force_color,
+                                             self.transform.force_gray,
+                                             (self.reader.path, key)).shape)
 
     def batch_bytes(self, shape):
         """Bytes of one batch of images of ``shape`` (C x H x W) with its labels."""

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from ..errors import RistrettoError
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import RistrettoQuantizer
 from ..passes.sensitivity import CachedEvaluator, analyze
-from .common import add_memory_argument, add_model_arguments, make_parser, run
+from .common import (add_cluster_arguments, add_memory_argument, add_model_arguments,
+                     cluster_session, make_parser, run, write_run_record)
 from .flag_types import number_list, positive_int
 from .search_args import add_image_arguments, add_measure_arguments, measure_and_data
 
@@ -43,10 +45,12 @@ def build_parser():
     parser.add_argument("--batch_size", type=positive_int, default=None,
                         help="with --images or --score lfw: images per forward pass (default 32)")
     add_image_arguments(parser)
-    parser.add_report(("sensitivity.json", "sensitivity.png"),
-                      help="write sensitivity.json and the heat map sensitivity.png here")
+    parser.add_report(("sensitivity.json", "sensitivity.png", "run.json"),
+                      help="write sensitivity.json and the heat map sensitivity.png here (and "
+                           "run.json: the workers used and the wall time)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_argument(parser)
+    add_cluster_arguments(parser)
     return parser
 
 
@@ -57,10 +61,21 @@ def analyze_main(argv=None):
         raise RistrettoError(f"--parts {args.parts!r}: use weights, activations or both")
     if min(args.widths) < 1:
         raise RistrettoError("--widths must be positive")
+    started = time.monotonic()
+    with cluster_session(args) as cluster:
+        _analyze(args, parts, cluster.pool if cluster is not None else None)
+        if args.report:
+            write_run_record(args.report, cluster, started)
+    return 0
+
+
+def _analyze(args, parts, pool):
     quantizer = RistrettoQuantizer(args.model, args.weights, args.iterations or 10,
                                    args.trimming_mode, 0, integer_length=args.integer_length,
                                    progress=not args.quiet)
     quantizer.use(*measure_and_data(args, quantizer.build(quantizer.param), 0))
+    if pool is not None:
+        quantizer.on_cluster(pool)
     quantizer.check_scoring()
     memory_budget.check_kept_passes(quantizer.build(quantizer.param),
                                     len(quantizer.test_batches()), "analyze")
@@ -76,7 +91,6 @@ def analyze_main(argv=None):
     if args.report:
         _report(args.report, baseline, rows)
         print(f"Wrote the report to {args.report}")
-    return 0
 
 
 def _report(directory, baseline, rows):

@@ -8,10 +8,13 @@ Ristretto's do (``--model_quantized``, ``--out_weights``); each flag also reads 
 ``--flag=value``; switches take ``--quiet=true|false`` too.
 """
 import argparse
+import contextlib
 import contextvars
+import json
 import os
 import re
 import sys
+import time
 import warnings
 
 from .. import atomic, memory_budget
@@ -275,6 +278,54 @@ def add_memory_argument(parser):
                              f"memory available now, or ${memory_budget.ENVIRONMENT}); larger "
                              "work is refused up front, and cached batches are read again "
                              "instead of kept")
+
+
+def add_cluster_arguments(parser):
+    """``--cluster`` and ``--device`` (``ristretto_py.cluster``)."""
+    from ..cluster import parse_cluster, parse_device
+    parser.add_argument("--cluster", type=parse_cluster, metavar="local:N|ray://HOST:PORT",
+                        help="run the evaluations on Ray: local:N starts Ray here with N "
+                             "workers, ray://HOST:PORT attaches to a running cluster (one worker "
+                             "per CPU); results equal the single process's (needs the 'ray' "
+                             "extra)")
+    parser.add_argument("--device", type=parse_device, default="cpu",
+                        help="cpu (default) or cuda: run the nets with onnxruntime's CUDA "
+                             "provider (with --backend onnxruntime; needs onnxruntime-gpu and a "
+                             "GPU on every worker)")
+
+
+@contextlib.contextmanager
+def cluster_session(args):
+    """The run's ``ristretto_py.cluster.session.Cluster`` for ``--cluster`` (None without
+    it), stopped when the block ends; ``--device cuda`` checked first."""
+    device = getattr(args, "device", "cpu")
+    if device == "cuda":
+        if getattr(args, "backend", None) != "onnxruntime":
+            raise RistrettoError("--device cuda runs onnxruntime's CUDA provider: add --backend "
+                                 "onnxruntime")
+        if getattr(args, "cluster", None) is None:
+            from ..cluster.session import cuda_available
+            ok, why = cuda_available()
+            if not ok:
+                raise RistrettoError(f"--device cuda: {why}")
+            _select_gpu(0)
+    if getattr(args, "cluster", None) is None:
+        yield None
+        return
+    from ..cluster.session import Cluster
+    with Cluster(args.cluster, device, progress=not getattr(args, "quiet", False)) as cluster:
+        yield cluster
+
+
+def write_run_record(directory, cluster, started):
+    """``run.json`` in a report folder: the workers the run used and its wall time (apart from
+    the report's other files, which do not depend on either)."""
+    record = (cluster.describe() if cluster is not None else
+              {"cluster": None, "workers": 1, "nodes": 1, "device": "cpu"})
+    if cluster is not None and cluster.pool is not None:
+        record.update(candidates=cluster.pool.candidates, chunks=cluster.pool.calls)
+    record["wall_seconds"] = round(time.monotonic() - started, 3)
+    atomic.write_text(os.path.join(directory, "run.json"), json.dumps(record, indent=2) + "\n")
 
 
 def add_seed_argument(parser, what):

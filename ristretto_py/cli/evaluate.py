@@ -5,12 +5,15 @@ batches; every output blob (Accuracy top-1/top-k, loss) is averaged over them in
 Ristretto-quantized nets run with their trimming (``--compat`` picks the build to reproduce)."""
 import json
 import sys
+import time
 
-from ..evaluators.classification import evaluate_classification
+from .. import caffe_io
+from ..evaluators.classification import Batches, evaluate_classification
 from ..net import Net
 from ..runtime import make_runtime
-from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
-                     add_seed_argument, make_parser, run, runtime_options)
+from .common import (add_backend_arguments, add_cluster_arguments, add_memory_argument,
+                     add_model_arguments, add_seed_argument, cluster_session, make_parser, run,
+                     runtime_options)
 from .flag_types import positive_int
 
 PROG = "evaluate"
@@ -28,15 +31,39 @@ def build_parser():
     add_memory_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(parser)
     return parser
 
 
 def evaluate_main(argv=None):
     args = build_parser().parse_args(argv)
-    net = Net.load(args.model, args.weights, phase=args.phase)
+    started = time.monotonic()
+    with cluster_session(args) as cluster:
+        return _evaluate(args, cluster, started)
+
+
+def _evaluate(args, cluster, started):
+    param, weights = caffe_io.read_net_text(args.model), caffe_io.read_net_binary(args.weights)
+    net = Net.from_proto(param, weights, phase=args.phase, source=args.model,
+                         weights_source=args.weights)
     runtime = make_runtime(net, args.backend, **runtime_options(args))
+    on_cluster, batches, reports = None, None, getattr(runtime, "report", {})
+    if cluster is not None:
+        handle = cluster.pool.handle(param=param, weights=weights, phase=args.phase,
+                                     source=args.model, weights_source=args.weights)
+        on_cluster = (cluster.pool, handle, {"backend": args.backend, **runtime_options(args)})
+        cluster.pool.progress = not args.quiet and not args.json
+        batches = Batches(net, args.iterations, cache=False, probe=False)
     result = evaluate_classification(net, args.iterations, runtime=runtime,
-                                     progress=not args.quiet and not args.json)
+                                     progress=not args.quiet and not args.json,
+                                     batches=batches, cluster=on_cluster)
+    if cluster is not None:
+        if args.backend == "fixed":
+            reports = cluster.pool.last_report(batches, *on_cluster[1:])
+        where = cluster.describe()
+        print(f"{result.images} images on {where['workers']} workers ({where['nodes']} nodes, "
+              f"--cluster {where['cluster']}) in {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
@@ -45,7 +72,7 @@ def evaluate_main(argv=None):
         print(f"{name} = {value}")
     if hasattr(runtime, "describe_how"):
         print(runtime.describe_how())
-    for name, report in getattr(runtime, "report", {}).items():
+    for name, report in reports.items():
         print(f"{name}: last batch {report.float32_differs} of {report.values} values differ from "
               f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")
     return 0

@@ -2,17 +2,20 @@
 threshold from the dev pairs or the other folds), printing the mean fold accuracy ± standard
 error; ``--report`` adds ROC AUC, the equal error rate and plots."""
 import sys
+import time
 
 import numpy as np
 
+from .. import caffe_io
 from ..errors import RistrettoError
 from ..evaluators import lfw
 from ..evaluators.image_data import ImagePreparation
 from ..evaluators.lfw_report import REPORT_FILES, write_lfw_report
 from ..net import Net
 from ..runtime import make_runtime
-from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
-                     make_parser, run, runtime_options)
+from .common import (add_backend_arguments, add_cluster_arguments, add_memory_argument,
+                     add_model_arguments, cluster_session, make_parser, run, runtime_options,
+                     write_run_record)
 from .flag_types import finite_float, number_list, positive_int, positive_int_pair
 
 PROG = "evaluate_lfw"
@@ -41,10 +44,12 @@ def build_parser():
                         help="images per forward pass (default 32)")
     parser.alias("--batch", "--batch_size")
     add_backend_arguments(parser)
-    parser.add_report(REPORT_FILES,
-                      help="write report.json, report.md, roc.png and distances.png here")
+    parser.add_report(REPORT_FILES + ("run.json",),
+                      help="write report.json, report.md, roc.png and distances.png here (and "
+                           "run.json: the workers used and the wall time)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_memory_argument(parser)
+    add_cluster_arguments(parser)
     return parser
 
 
@@ -58,12 +63,30 @@ def lfw_main(argv=None):
         raise RistrettoError("--protocol dev takes its threshold from --dev pairsDevTrain.txt")
     folds = lfw.read_pairs(args.pairs, expected_folds=10)
     dev = lfw.read_dev_pairs(args.dev) if args.dev else []
-    net = Net.load(args.model, args.weights)
+    started = time.monotonic()
+    with cluster_session(args) as cluster:
+        _verify(args, folds, dev, cluster)
+        if args.report:
+            write_run_record(args.report, cluster, started)
+    return 0
+
+
+def _verify(args, folds, dev, cluster):
+    param, weights = caffe_io.read_net_text(args.model), caffe_io.read_net_binary(args.weights)
+    net = Net.from_proto(param, weights, source=args.model, weights_source=args.weights)
     runtime = make_runtime(net, args.backend, **runtime_options(args))
     paths = sorted({lfw.image_path(args.lfw_root, *person) for pairs in folds + [dev]
                     for pair in pairs for person in (pair.first, pair.second)})
+    on_cluster = None
+    if cluster is not None:
+        if args.feature_blob not in net.blob_names:
+            raise RistrettoError(f"the net has no blob '{args.feature_blob}'")
+        handle = cluster.pool.handle(param=param, weights=weights, source=args.model,
+                                     weights_source=args.weights)
+        on_cluster = (cluster.pool, handle, {"backend": args.backend, **runtime_options(args)})
     features = lfw.extract_features(runtime, net.input_blobs[0], args.feature_blob, paths,
-                                    preparation(args), args.batch_size, not args.quiet, args.normalize)
+                                    preparation(args), args.batch_size, not args.quiet,
+                                    args.normalize, cluster=on_cluster)
     fold_d = [lfw.distances(pairs, features, args.lfw_root) for pairs in folds]
     fold_s = [np.array([p.same for p in pairs]) for pairs in folds]
     dev_data = (lfw.distances(dev, features, args.lfw_root), np.array([p.same for p in dev])) if dev else None
@@ -76,7 +99,6 @@ def lfw_main(argv=None):
     if args.report:
         write_lfw_report(args.report, result, np.concatenate(fold_d), np.concatenate(fold_s))
         print(f"Wrote the report to {args.report}")
-    return 0
 
 
 def main(argv=None, prog=PROG):

@@ -3,6 +3,7 @@ prototxt), with a progress bar per evaluation, Ristretto's summary, whether the 
 the margin, the share of values that saturate per layer, and an optional report folder."""
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -17,14 +18,16 @@ from ..passes.given_widths import apply_widths, parse_widths
 from .quantize_finetune import add_finetune_arguments, finetune_lines, run_finetune
 from ..passes.ranges import RULES
 from ..passes.ristretto_quantize import MODES, RistrettoQuantizer
-from .common import (add_backend_arguments, add_memory_argument, add_model_arguments,
-                     add_seed_argument, make_parser, run)
+from .common import (add_backend_arguments, add_cluster_arguments, add_memory_argument,
+                     add_model_arguments, add_seed_argument, cluster_session, make_parser, run,
+                     write_run_record)
 from .flag_types import (finite_float, float_range, int_range, non_negative_float, number_list,
                          positive_int)
 from .search_args import add_image_arguments, add_measure_arguments, measure_and_data
 
 PROG = "quantize"
-REPORT_FILES = ("report.json", "report.md", "score_vs_bits.png", "pareto.json", "pareto.png")
+REPORT_FILES = ("report.json", "report.md", "score_vs_bits.png", "pareto.json", "pareto.png",
+                "run.json")
 
 
 def build_parser():
@@ -91,7 +94,8 @@ def build_parser():
                              "last output)")
     add_seed_argument(parser, "stochastic rounding and sampling")
     parser.add_report(REPORT_FILES, help="write report.json, report.md and score_vs_bits.png "
-                                         "here (with --search per_layer also pareto.json/.png)")
+                                         "here (with --search per_layer also pareto.json/.png; "
+                                         "run.json: the workers used and the wall time)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_input("--data", metavar="LMDB",
                      help="for a deploy net: read this LMDB through Data layers and score with "
@@ -104,11 +108,22 @@ def build_parser():
                         help="with --data: transform_param mean_value")
     add_image_arguments(parser)
     add_memory_argument(parser)
+    add_cluster_arguments(parser)
     return parser
 
 
 def quantize_main(argv=None):
     args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    with cluster_session(args) as cluster:
+        args.pool = cluster.pool if cluster is not None else None
+        code = _quantize(args)
+        if args.report:
+            write_run_record(args.report, cluster, started)
+    return code
+
+
+def _quantize(args):
     args.trimming_mode = OLD_TRIMMING_MODES.get(args.trimming_mode, args.trimming_mode)
     if args.integer_length is None:
         args.integer_length = ("safe" if args.search == "per_layer" or args.widths
@@ -252,6 +267,8 @@ def make_quantizer(args, mode):
                              "searched weight formats: quantize the float description first, "
                              "then add the quantizers (tools/quantize_weights --training)")
     quantizer.use(*measure_and_data(args, quantizer.build(quantizer.param), args.error_margin))
+    if getattr(args, "pool", None) is not None:
+        quantizer.on_cluster(args.pool)
     return quantizer
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import NetError, RistrettoError
 from ..layers.base import RunContext
 from .memory import keep_freed_memory
+from .threads import one_blas_thread
 
 
 class NumpyRuntime:
@@ -58,6 +59,10 @@ class NumpyRuntime:
                          foreign=set(map(id, snapshot.values())))
 
     def _run(self, blobs, start, observer, reuse, snapshots=None, foreign=frozenset()):
+        with one_blas_thread():      # the same bytes on any core count (runtime.threads)
+            return self._run_layers(blobs, start, observer, reuse, snapshots, foreign)
+
+    def _run_layers(self, blobs, start, observer, reuse, snapshots, foreign):
         net = self.net
         for index in range(start, len(net.layers)):
             layer, impl = net.layers[index], net.impl(index)
