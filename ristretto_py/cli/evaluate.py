@@ -47,7 +47,7 @@ def _evaluate(args, cluster, started):
     net = Net.from_proto(param, weights, phase=args.phase, source=args.model,
                          weights_source=args.weights)
     runtime = make_runtime(net, args.backend, **runtime_options(args))
-    on_cluster, batches, reports = None, None, getattr(runtime, "report", {})
+    on_cluster, batches, remote = None, None, None
     if cluster is not None:
         handle = cluster.pool.handle(param=param, weights=weights, phase=args.phase,
                                      source=args.model, weights_source=args.weights)
@@ -58,8 +58,8 @@ def _evaluate(args, cluster, started):
                                      progress=not args.quiet and not args.json,
                                      batches=batches, cluster=on_cluster)
     if cluster is not None:
-        if args.backend == "fixed":
-            reports = cluster.pool.last_report(batches, *on_cluster[1:])
+        if args.backend == "fixed":       # what the local runtime would say, from a worker
+            remote = cluster.pool.last_report(batches, *on_cluster[1:])
         where = cluster.describe()
         print(f"{result.images} images on {where['workers']} workers ({where['nodes']} nodes, "
               f"--cluster {where['cluster']}) in {time.monotonic() - started:.1f} s",
@@ -70,8 +70,9 @@ def _evaluate(args, cluster, started):
     print(f"{result.iterations} batches, {result.images} images, backend {result.backend}")
     for name, value in result.as_dict()["scores"].items():
         print(f"{name} = {value}")
+    reports, how = remote or (getattr(runtime, "report", {}), None)
     if hasattr(runtime, "describe_how"):
-        print(runtime.describe_how())
+        print(how or runtime.describe_how())
     for name, report in reports.items():
         print(f"{name}: last batch {report.float32_differs} of {report.values} values differ from "
               f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")

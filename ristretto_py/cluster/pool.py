@@ -117,7 +117,8 @@ class WorkerPool:
         return self._pending(parts, images, len(batches))
 
     def last_report(self, batches, handle, options):
-        """The runtime report of the last batch of ``batches`` (``worker.BatchWorker.report``)."""
+        """(report, how the layers ran) of the runtime after the last batch of ``batches``
+        (``worker.BatchWorker.report``)."""
         source, chunks, _ = self.plan(batches)
         last = chunks[-1]
         return self._get(self.actors[last.worker].report.remote(source, last, handle,

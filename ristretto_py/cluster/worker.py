@@ -128,12 +128,14 @@ class BatchWorker:
         return outputs
 
     def report(self, source, chunk, handle, options):
-        """The runtime's report (``--backend fixed``: overflows, values off the emulation) after
-        the last batch of ``chunk``: that batch is run again, so the answer does not depend on
-        what this worker ran before."""
+        """(the runtime's report, its ``describe_how``) after the last batch of ``chunk``
+        (``--backend fixed``: overflows, values off the emulation, which layers ran in
+        integers): that batch is run again, so the answer does not depend on what this worker
+        ran before."""
         runtime = self._runtime(handle, options)
         runtime.forward(self._batches(source, chunk)[-1])
-        return dict(getattr(runtime, "report", {}))
+        how = runtime.describe_how() if hasattr(runtime, "describe_how") else None
+        return dict(getattr(runtime, "report", {})), how
 
     def record(self, source, chunk, job):
         """A cached search's evaluation of one configuration on ``chunk`` (``job``: see

@@ -1,0 +1,84 @@
+"""A real Ray cluster for the ``--cluster`` tests: a head and a second node on 127.0.0.1, each
+with one CPU (two workers on two nodes), started with ``ray start`` as an operator would and
+stopped at the end; optionally inside a mount namespace where some folders are hidden (a node
+that cannot read a path the driver can)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayCluster:
+    def __init__(self, nodes=2, hidden=()):
+        self.temp = tempfile.mkdtemp(prefix="ray")       # short: Ray's socket paths are limited
+        self.port, self.client_port = free_port(), free_port()
+        self.hidden = [str(p) for p in hidden]
+        self.address = f"ray://127.0.0.1:{self.client_port}"
+        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+                  "--object-store-memory", str(200 * 2 ** 20), "--disable-usage-stats"]
+        self._ray(["start", "--head", "--port", str(self.port), "--ray-client-server-port",
+                   str(self.client_port), "--temp-dir", self.temp, "--include-dashboard",
+                   "false", *common])
+        for _ in range(nodes - 1):
+            self._ray(["start", "--address", f"127.0.0.1:{self.port}", *common])
+
+    def _ray(self, arguments):
+        command = [shutil.which("ray") or "ray", *arguments]
+        if self.hidden:     # the node's processes live in a namespace where these are empty
+            mounts = " && ".join(f"mount -t tmpfs none '{p}'" for p in self.hidden)
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f"{mounts} && exec {' '.join(command)}"]
+        # Token authentication off, whatever ~/.ray holds: a joining node and the head must agree.
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+        if done.returncode:
+            self.stop()
+            raise RuntimeError(f"ray {arguments[0]} failed: {done.stderr[-2000:]}")
+
+    def processes(self):
+        """Process ids of this cluster (not of other Ray instances on the machine): those whose
+        command line names its GCS address, its GCS port or its temporary folder."""
+        marks = (f"127.0.0.1:{self.port}", f"gcs_server_port={self.port}", self.temp)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if any(mark in line for mark in marks):
+                found.append(int(entry))
+        return found
+
+    def stop(self):
+        for _ in range(5):
+            found = self.processes()
+            if not found:
+                break
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def can_hide_folders():
+    """Whether this machine lets a process mount over a folder in its own namespace."""
+    if not shutil.which("unshare"):
+        return False
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           "mount -t tmpfs none /mnt"], capture_output=True)
+    return done.returncode == 0
