@@ -30,6 +30,21 @@ class RayCluster:
                    "false", *common])
         for _ in range(nodes - 1):
             self._ray(["start", "--address", f"127.0.0.1:{self.port}", *common])
+        self._wait_for_client_server()
+
+    def _wait_for_client_server(self, seconds=90):
+        """``ray start`` returns before the Ray Client server listens: wait until it does."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.client_port), 1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the Ray client server on port {self.client_port} did "
+                                       f"not start within {seconds} s")
+                time.sleep(0.2)
 
     def _ray(self, arguments):
         command = [shutil.which("ray") or "ray", *arguments]
