@@ -61,7 +61,8 @@ class BatchWorker:
         self.device, self.threads = device, threads
         self._chunks, self._chunk_bytes = {}, 0
         self._weights = _Kept(1)
-        self._nets = _Kept(NETS_KEPT)
+        self._nets = _Kept(NETS_KEPT)            # built nets, by handle
+        self._runtimes = _Kept(NETS_KEPT)        # their runtimes, by handle and options
         self._float_records = {}            # (float net, chunk) -> (blobs, snapshots)
         self._records = _Kept(RECORDS_KEPT)  # configuration -> {chunk: (blobs, snapshots)}
         if device == "cuda":
@@ -91,6 +92,14 @@ class BatchWorker:
         return batches
 
     def _net(self, handle):
+        """The net of ``handle``, built once for all the chunks of a candidate."""
+        net = self._nets.get(handle.key)
+        if net is None:
+            net = self._build(handle)
+            self._nets.put(handle.key, net)
+        return net
+
+    def _build(self, handle):
         from ..net import Net
         from ..protos import caffe_pb2
         import ray
@@ -111,10 +120,10 @@ class BatchWorker:
         if backend == "onnxruntime":
             options.setdefault("threads", self.threads)
         key = (handle.key, backend, tuple(sorted(options.items())))
-        runtime = self._nets.get(key)
+        runtime = self._runtimes.get(key)
         if runtime is None:
             runtime = make_runtime(self._net(handle), backend, **options)
-            self._nets.put(key, runtime)
+            self._runtimes.put(key, runtime)
         return runtime
 
     # -- the calls ------------------------------------------------------------------------------
