@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,19 +33,28 @@ class RayCluster:
             self._ray(["start", "--address", f"127.0.0.1:{self.port}", *common])
         self._wait_for_client_server()
 
-    def _wait_for_client_server(self, seconds=90):
-        """``ray start`` returns before the Ray Client server listens: wait until it does."""
-        deadline = time.monotonic() + seconds
-        while True:
+    def _wait_for_client_server(self, seconds=120):
+        """``ray start`` returns before the Ray Client server serves: wait until a client
+        connects (in a process of its own, as the tools' tests then do)."""
+        deadline, error = time.monotonic() + seconds, None
+        probe = ("import ray, sys; ray.init(sys.argv[1], logging_level='ERROR'); "
+                 "ray.shutdown()")
+        while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.client_port), 1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the Ray client server on port {self.client_port} did "
-                                       f"not start within {seconds} s")
+            except OSError as exc:
+                error = exc
                 time.sleep(0.2)
+                continue
+            done = subprocess.run([sys.executable, "-c", probe, self.address],
+                                  capture_output=True, text=True, timeout=seconds)
+            if done.returncode == 0:
+                return
+            error = done.stderr.strip().splitlines()[-1:] or done.returncode
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"no Ray client could connect to {self.address} within {seconds} s "
+                           f"({error})")
 
     def _ray(self, arguments):
         command = [shutil.which("ray") or "ray", *arguments]

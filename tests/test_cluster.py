@@ -1,12 +1,11 @@
 """``--cluster`` on a real Ray cluster (a head and a second node on 127.0.0.1, started with
 ``ray start``, one worker each): every tool's answer, written files and report are the single
 process's, byte for byte; a worker killed mid-task is retried with the same answer; a cluster
-that cannot be reached, or a worker that cannot read the LMDB, is one line and exit 2; Ctrl-C
-stops the run and its workers."""
+that cannot be reached is one line and exit 2; Ctrl-C stops the run and its workers. (A worker
+that cannot read the LMDB: test_cluster_blind_worker.py, with no other cluster running.)"""
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import write_model
-from ray_cluster import RayCluster, can_hide_folders, free_port
+from ray_cluster import RayCluster, free_port
 from ristretto_py.cli import analyze, evaluate, evaluate_lfw, quantize
 from ristretto_py.cluster import parse_cluster
 from ristretto_py.cluster.sources import plan_chunks
@@ -227,27 +226,6 @@ def test_a_bad_cluster_spelling_is_a_usage_error(spelling, capsys):
                                             "--cluster", spelling])
     assert stop.value.code == 2
     assert "--cluster" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not can_hide_folders(), reason="this machine lets no process mount over a "
-                                                   "folder in a namespace of its own")
-def test_a_worker_that_cannot_read_the_lmdb_is_one_line(tmp_path, capsys):
-    hidden = tmp_path / "data"
-    shutil.copytree(TEST_LMDB, hidden / "test_lmdb")
-    text = MODEL.read_text().replace("examples/lenet_fashion/fashion_test_lmdb",
-                                     str(hidden / "test_lmdb"))
-    model = tmp_path / "net.prototxt"
-    model.write_text(text)
-    blind = RayCluster(nodes=1, hidden=[hidden])       # its processes see an empty data/
-    try:
-        code, _, err = _run(evaluate.main, ["--model", model, "--weights", WEIGHTS,
-                                            "--iterations", 2, "--quiet", "--cluster",
-                                            blind.address], capsys)
-    finally:
-        blind.stop()
-    assert code == 2
-    assert err.count("\n") == 1
-    assert f"{hidden / 'test_lmdb'}: layer 'data': LMDB database does not exist (on a worker" in err
 
 
 def test_device_cuda_is_refused_clearly_without_a_gpu(capsys):
