@@ -23,6 +23,7 @@ class RayCluster:
         self.temp = tempfile.mkdtemp(prefix="ray")       # short: Ray's socket paths are limited
         self.port, self.client_port = free_port(), free_port()
         self.hidden = [str(p) for p in hidden]
+        self.sessions = []
         self.address = f"ray://127.0.0.1:{self.client_port}"
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1",
                   "--object-store-memory", str(200 * 2 ** 20), "--disable-usage-stats"]
@@ -64,26 +65,29 @@ class RayCluster:
                        f"{mounts} && exec {' '.join(command)}"]
         # Token authentication off, whatever ~/.ray holds: a joining node and the head must agree.
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+        # A session of its own: every process Ray starts for the node stays in it (the daemons
+        # and the workers they spawn), so that ``stop`` finds them all and nothing else.
+        starter = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=env, start_new_session=True)
+        self.sessions.append(starter.pid)
+        _, stderr = starter.communicate(timeout=180)
+        done = subprocess.CompletedProcess(command, starter.returncode, "", stderr)
         if done.returncode:
             self.stop()
             raise RuntimeError(f"ray {arguments[0]} failed: {done.stderr[-2000:]}")
 
     def processes(self):
-        """Process ids of this cluster (not of other Ray instances on the machine): those whose
-        command line names its GCS address, its GCS port or its temporary folder."""
-        marks = (f"127.0.0.1:{self.port}", f"gcs_server_port={self.port}", self.temp)
+        """Process ids of this cluster (not of other Ray instances on the machine): those in
+        the sessions its ``ray start`` commands began."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == os.getpid():
                 continue
             try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                if os.getsid(int(entry)) in self.sessions:
+                    found.append(int(entry))
             except OSError:
                 continue
-            if any(mark in line for mark in marks):
-                found.append(int(entry))
         return found
 
     def stop(self):

@@ -17,6 +17,7 @@ from .pool import WorkerPool
 MAX_RESTARTS = 3          # per worker; its calls are retried as often
 START_TIMEOUT = 120       # seconds for the workers to start (an attached cluster may be busy)
 REACH_TIMEOUT = 10        # seconds for the first TCP connection to a ray:// address
+ATTACH_ATTEMPTS = 3       # ray.init on a ray:// address
 
 
 def import_ray():
@@ -65,7 +66,7 @@ class Cluster:
             else:
                 self._check_reachable()
                 settings.pop("include_dashboard")
-                ray.init(address=self.spec.address, **settings)
+                self._attach(ray, settings)
         except RistrettoError:
             raise
         except Exception as exc:     # Ray raises ConnectionError, RuntimeError, ValueError, ...
@@ -79,6 +80,20 @@ class Cluster:
             raise
         self.pool = WorkerPool(self, progress=self.progress)
         return self
+
+    def _attach(self, ray, settings):
+        """``ray.init`` on the client server; a connection the server aborts while it starts
+        the session (seen on fresh clusters, now and then) is tried again."""
+        for attempt in range(1, ATTACH_ATTEMPTS + 1):
+            try:
+                ray.init(address=self.spec.address, **settings)
+                return
+            except ConnectionError:
+                if attempt == ATTACH_ATTEMPTS:
+                    raise
+                if ray.is_initialized():
+                    ray.shutdown()
+                time.sleep(1)
 
     def _check_reachable(self):
         try:
