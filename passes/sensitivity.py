@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from ristretto_py.cluster.pool import RecordJob
 from ristretto_py.progress import progress as show_progress
 from ristretto_py.runtime import NumpyRuntime
 
@@ -68,8 +69,6 @@ class CachedEvaluator:
         self.evaluations = 0
         self.pool = quantizer.pool
         if self.pool is not None:
-            from ristretto_py.cluster.pool import RecordJob
-            self._job = RecordJob
             self.float_handle = self._handle(quantizer.param)
             self.float_snapshots = RemoteRecord(self.float_handle.key)
             self.float_blobs = self.pool.gather(self._submit({}, None, False, False),
@@ -162,7 +161,7 @@ class CachedEvaluator:
             start, float_start = self._start(config, ref_config), self._start(config, {})
             ref_key = None if ref_record.key == float_key else ref_record.key
         names = tuple(self._written_from(float_start)) if distances else ()
-        job = self._job(key, handle, float_key, self.float_handle, ref_key, start, float_start,
+        job = RecordJob(key, handle, float_key, self.float_handle, ref_key, start, float_start,
                         tuple(self.points), tuple(self.measure.blobs()), distances, names,
                         retain, self.quantizer.compat, self.quantizer.seed)
         self.evaluations += 1

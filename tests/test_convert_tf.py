@@ -9,7 +9,6 @@ chosen once per process; this one runs Keras on torch); the conversions run here
 Each float model is checked twice: the ONNX model tf2onnx made (after our shape fixing) on
 onnxruntime, and the Caffe net on the numpy runtime, both within 1e-4 of the reference.
 """
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -32,16 +31,12 @@ from conftest import close_to  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
-HAVE_ONNX_IMPORTER = importlib.util.find_spec("ristretto_py.convert.onnx_to_caffe") is not None
-needs_importer = pytest.mark.skipif(not HAVE_ONNX_IMPORTER,
-                                    reason="the ONNX importer (convert/onnx_to_caffe.py) is not there")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def tf_files(tmp_path_factory):
-    if not FASHION.is_dir():
-        pytest.skip("needs Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
+    assert FASHION.is_dir(), "install Debian's dataset-fashion-mnist (CI does: apt-get install)"
     out = tmp_path_factory.mktemp("tf")
     done = subprocess.run([sys.executable, str(HERE / "tf_reference.py"), str(FASHION), str(out)],
                           capture_output=True, text=True, timeout=600)
@@ -81,7 +76,6 @@ def test_keras3_export_as_onnx_agrees_with_tensorflow(tf_files):
     assert close_to(ours, np.load(folder / "export_expected.npy"), 1e-4)
 
 
-@needs_importer
 def test_keras3_export_converts_and_agrees_with_tensorflow(tf_files, tmp_path, capsys):
     folder, _, images = tf_files
     prototxt, weights = caffe_files(tmp_path)
@@ -108,7 +102,6 @@ def test_frozen_graph_as_onnx_has_nchw_edges(tf_files, tmp_path):
     assert close_to(features, nchw(np.load(folder / "frozen_features.npy")[:1]), 1e-4)
 
 
-@needs_importer
 def test_frozen_graph_converts_and_agrees_with_tensorflow(tf_files, tmp_path):
     folder, names, images = tf_files
     prototxt, weights = caffe_files(tmp_path)
@@ -134,7 +127,6 @@ def test_tflite_float_as_onnx_agrees_with_litert(tf_files):
     assert close_to(ours, expected, 1e-4)
 
 
-@needs_importer
 def test_tflite_float_converts_and_agrees_with_litert(tf_files, tmp_path):
     folder, _, images = tf_files
     prototxt, weights = caffe_files(tmp_path)
@@ -226,7 +218,6 @@ def test_mediapipe_tflite_as_onnx_agrees_with_litert(mediapipe_face, stem, size)
 
 
 @pytest.mark.slow
-@needs_importer
 @pytest.mark.parametrize("stem, size", [("face_detection_short_range", 128),
                                         ("face_detection_back", 256), ("face_landmark", 192)])
 def test_mediapipe_tflite_converts_and_agrees_with_litert(mediapipe_face, tmp_path, capsys, stem, size):
@@ -309,7 +300,6 @@ def test_missing_tf2onnx_says_what_to_install(tf_files, tmp_path, capsys, monkey
     assert "needs tf2onnx (pip install tf2onnx" in err
 
 
-@needs_importer
 @pytest.mark.parametrize("kind", ["int8_per_channel", "int8_per_tensor"])
 def test_tflite_int8_gives_a_quantized_description_that_agrees_with_litert(tf_files, tmp_path, capsys, kind):
     """The float net plus the Ristretto description of TFLite's int8 formats: each tensor's

@@ -26,8 +26,8 @@ def _score(capsys, argv):
     return float(line.split()[1])
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_pytorch_to_qdq_chain_scored_at_each_step(tmp_path, capsys, monkeypatch):
+    assert FASHION.is_dir(), "install Debian's dataset-fashion-mnist (CI does: apt-get install)"
     from ristretto_py import Net
     from ristretto_py.cli import convert_onnx, evaluate, export_onnx, fold_bn, kmeans, quantize
     monkeypatch.chdir(ROOT)
@@ -70,11 +70,11 @@ def test_pytorch_to_qdq_chain_scored_at_each_step(tmp_path, capsys, monkeypatch)
     assert _score(capsys, ["--model", str(folded), "--weights", str(tmp_path / "k.caffemodel")]) > torch_score - 0.05
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_onnxruntime_quantized_model_converts_to_a_description_that_scores_like_it(tmp_path, capsys):
     """onnxruntime's static quantizer (QDQ, int8, per channel, calibrated on 100 test images) on
     the torch net; tools/convert_onnx --model_quantized; the description on the numpy runtime
     against the QDQ model on onnxruntime, image by image."""
+    assert FASHION.is_dir(), "install Debian's dataset-fashion-mnist (CI does: apt-get install)"
     import numpy as np
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -46,7 +46,8 @@ def _evaluate(args, cluster, started):
     param, weights = caffe_io.read_net_text(args.model), caffe_io.read_net_binary(args.weights)
     net = Net.from_proto(param, weights, phase=args.phase, source=args.model,
                          weights_source=args.weights)
-    runtime = make_runtime(net, args.backend, **runtime_options(args))
+    # On a cluster the workers build the runtimes; what this one would report comes from them.
+    runtime = None if cluster else make_runtime(net, args.backend, **runtime_options(args))
     on_cluster, batches, remote = None, None, None
     if cluster is not None:
         handle = cluster.pool.handle(param=param, weights=weights, phase=args.phase,
@@ -70,9 +71,11 @@ def _evaluate(args, cluster, started):
     print(f"{result.iterations} batches, {result.images} images, backend {result.backend}")
     for name, value in result.as_dict()["scores"].items():
         print(f"{name} = {value}")
-    reports, how = remote or (getattr(runtime, "report", {}), None)
-    if hasattr(runtime, "describe_how"):
-        print(how or runtime.describe_how())
+    if remote is None and hasattr(runtime, "describe_how"):
+        remote = (runtime.report, runtime.describe_how())
+    reports, how = remote or ({}, None)
+    if how:
+        print(how)
     for name, report in reports.items():
         print(f"{name}: last batch {report.float32_differs} of {report.values} values differ from "
               f"Ristretto's float32 emulation; {report.overflows} accumulator overflows")

@@ -74,7 +74,7 @@ def lfw_main(argv=None):
 def _verify(args, folds, dev, cluster):
     param, weights = caffe_io.read_net_text(args.model), caffe_io.read_net_binary(args.weights)
     net = Net.from_proto(param, weights, source=args.model, weights_source=args.weights)
-    runtime = make_runtime(net, args.backend, **runtime_options(args))
+    runtime = None if cluster else make_runtime(net, args.backend, **runtime_options(args))
     paths = sorted({lfw.image_path(args.lfw_root, *person) for pairs in folds + [dev]
                     for pair in pairs for person in (pair.first, pair.second)})
     on_cluster = None
